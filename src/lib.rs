@@ -1,0 +1,10 @@
+//! clipit: CLIP-IT for histology tiles (Karimian et al., arXiv 2504.16181) on Burn.
+//!
+//! A histology CLIP model pairs each image with its most similar unpaired report; a vision
+//! classifier then learns from those pseudo-pairs. This crate holds the models, tokenizers,
+//! preprocessing, retrieval and zero-shot classification, shared by the CLI and the browser.
+#![forbid(unsafe_code)]
+
+pub mod error;
+
+pub use error::{Error, Result};
