@@ -5,6 +5,18 @@
 //! preprocessing, retrieval and zero-shot classification, shared by the CLI and the browser.
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod convert;
+pub mod data;
+pub mod embed;
 pub mod error;
+pub mod fsutil;
+pub mod metrics;
+pub mod model;
+pub mod preprocess;
+pub mod retrieval;
+pub mod tokenizer;
+pub mod weights;
+pub mod zeroshot;
 
 pub use error::{Error, Result};

@@ -1,0 +1,95 @@
+//! Choosing where tensors live: the portable CPU backend, wgpu (Vulkan, Metal, DX12, WebGPU) or
+//! CUDA, each behind its cargo feature.
+//!
+//! The default CPU backend is burn-flex: pure Rust, SIMD-vectorised, multi-threaded with rayon
+//! natively and built for wasm32 with `simd128`, so the same code runs in the CLI and in the
+//! page. (burn-ndarray is deprecated in Burn 0.22; the CubeCL CPU backend needs LLVM/MLIR and
+//! does not build for wasm32.)
+
+use burn::tensor::Device;
+
+use crate::{Error, Result};
+
+/// A compute backend a user can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// burn-flex on the CPU.
+    Cpu,
+    /// burn-wgpu on the default adapter.
+    Wgpu,
+    /// burn-cuda on GPU 0.
+    Cuda,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(Error::msg(format!("unknown backend '{other}' (cpu, wgpu, cuda)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+impl Backend {
+    /// Creates the device, or explains why this build or machine cannot.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            Self::Cpu => cpu_device(),
+            Self::Wgpu => wgpu_device(),
+            Self::Cuda => cuda_device(),
+        }
+    }
+}
+
+fn missing(feature: &str) -> Error {
+    Error::msg(format!("this build has no {feature} backend: rebuild with `--features {feature}`"))
+}
+
+#[cfg(feature = "cpu")]
+fn cpu_device() -> Result<Device> {
+    Ok(Device::flex())
+}
+
+#[cfg(not(feature = "cpu"))]
+fn cpu_device() -> Result<Device> {
+    Err(missing("cpu"))
+}
+
+/// The wgpu runtime initialises once per process; later calls reuse its device.
+#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+fn wgpu_device() -> Result<Device> {
+    static DEVICE: std::sync::OnceLock<std::result::Result<Device, String>> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| Device::wgpu_options().init().map_err(|e| format!("no usable wgpu adapter: {e}")))
+        .clone()
+        .map_err(Error::msg)
+}
+
+#[cfg(any(not(feature = "wgpu"), target_arch = "wasm32"))]
+fn wgpu_device() -> Result<Device> {
+    Err(missing("wgpu"))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<Device> {
+    Ok(Device::cuda(0))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Result<Device> {
+    Err(missing("cuda"))
+}

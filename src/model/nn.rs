@@ -1,0 +1,267 @@
+//! Transformer building blocks shared by every architecture: LayerNorm, activations, the MLP,
+//! multi-head attention and the pre-norm residual block, plus loading them under the three
+//! tensor-naming schemes that checkpoints use (Hugging Face CLIP, open_clip, timm).
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::module::{attention, layer_norm};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{activation, Bool, Tensor};
+
+use crate::weights::{linear_from_torch, Loader};
+use crate::Result;
+
+/// Layer normalisation over the last dimension, with PyTorch's epsilon.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// Scale.
+    pub gamma: Param<Tensor<1>>,
+    /// Shift.
+    pub beta: Param<Tensor<1>>,
+    /// Added to the variance.
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// A LayerNorm from its scale, shift and epsilon.
+    pub fn new(gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Self {
+        Self { gamma: Param::from_tensor(gamma), beta: Param::from_tensor(beta), eps }
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        layer_norm(x, self.gamma.val(), Some(self.beta.val()), self.eps)
+    }
+}
+
+/// The MLP activation a checkpoint's config names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)` (OpenAI CLIP).
+    QuickGelu,
+    /// Exact GELU with erf.
+    Gelu,
+    /// GELU with the tanh approximation.
+    GeluTanh,
+}
+
+impl Activation {
+    /// Parses a Hugging Face `hidden_act` value.
+    pub fn from_hf(name: &str) -> Option<Self> {
+        match name {
+            "quick_gelu" => Some(Self::QuickGelu),
+            "gelu" => Some(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Self::GeluTanh),
+            _ => None,
+        }
+    }
+
+    /// Applies the activation.
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+            Self::Gelu => activation::gelu(x),
+            Self::GeluTanh => activation::gelu_approximate(x),
+        }
+    }
+}
+
+/// Two linear layers with an activation between them.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Expansion.
+    pub fc1: Linear,
+    /// Projection back.
+    pub fc2: Linear,
+    /// Activation between the two.
+    #[module(skip)]
+    pub act: Activation,
+}
+
+impl Mlp {
+    /// Applies the MLP.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.fc2.forward(self.act.forward(self.fc1.forward(x)))
+    }
+}
+
+/// Query, key and value projections: fused in one matrix (open_clip, timm) or separate (HF).
+#[derive(Module, Debug)]
+pub enum QkvProjection {
+    /// One `[d, 3d]` projection whose output splits into q, k, v.
+    Fused(Linear),
+    /// Three projections; also used for cross-attention where keys have another width.
+    Split(SplitQkv),
+}
+
+/// Separate query, key and value projections.
+#[derive(Module, Debug)]
+pub struct SplitQkv {
+    /// Query projection.
+    pub q: Linear,
+    /// Key projection.
+    pub k: Linear,
+    /// Value projection.
+    pub v: Linear,
+}
+
+/// Multi-head scaled dot-product attention.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Input projections.
+    pub qkv: QkvProjection,
+    /// Output projection.
+    pub out: Linear,
+    /// Number of heads.
+    #[module(skip)]
+    pub heads: usize,
+}
+
+impl Attention {
+    /// Self-attention over `x` `[batch, len, dim]`. `mask` (true = blocked) is
+    /// `[batch, heads, len, len]`.
+    pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4, Bool>>, causal: bool) -> Tensor<3> {
+        let (q, k, v) = match &self.qkv {
+            QkvProjection::Fused(proj) => {
+                let mut parts = proj.forward(x).chunk(3, 2);
+                let v = parts.pop().expect("3 chunks");
+                let k = parts.pop().expect("3 chunks");
+                (parts.pop().expect("3 chunks"), k, v)
+            }
+            QkvProjection::Split(p) => (p.q.forward(x.clone()), p.k.forward(x.clone()), p.v.forward(x)),
+        };
+        self.attend(q, k, v, mask, causal)
+    }
+
+    /// Cross-attention of `queries` `[batch, nq, d]` over `context` `[batch, len, dk]`
+    /// (split projections only).
+    pub fn forward_cross(&self, queries: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+        let QkvProjection::Split(p) = &self.qkv else {
+            unreachable!("cross-attention is only built with split projections")
+        };
+        let (q, k, v) = (p.q.forward(queries), p.k.forward(context.clone()), p.v.forward(context));
+        self.attend(q, k, v, None, false)
+    }
+
+    fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Option<Tensor<4, Bool>>, causal: bool) -> Tensor<3> {
+        let [b, lq, d] = q.dims();
+        let split = |t: Tensor<3>| {
+            let [b, l, d] = t.dims();
+            t.reshape([b, l, self.heads, d / self.heads]).swap_dims(1, 2)
+        };
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+        let out = attention(split(q), split(k), split(v), mask, None, options);
+        self.out.forward(out.swap_dims(1, 2).reshape([b, lq, d]))
+    }
+}
+
+/// A pre-norm transformer block: `x + ls1·attn(ln1(x))`, then `x + ls2·mlp(ln2(x))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// Norm before attention.
+    pub ln1: LayerNorm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// LayerScale after attention (timm `ls1`, open_clip `ls_1`), if any.
+    pub ls1: Option<Param<Tensor<1>>>,
+    /// Norm before the MLP.
+    pub ln2: LayerNorm,
+    /// Feed-forward.
+    pub mlp: Mlp,
+    /// LayerScale after the MLP, if any.
+    pub ls2: Option<Param<Tensor<1>>>,
+}
+
+impl Block {
+    /// Applies the block to `x` `[batch, len, dim]`.
+    pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4, Bool>>, causal: bool) -> Tensor<3> {
+        let h = self.attn.forward(self.ln1.forward(x.clone()), mask, causal);
+        let x = x + scale(h, &self.ls1);
+        let h = self.mlp.forward(self.ln2.forward(x.clone()));
+        x + scale(h, &self.ls2)
+    }
+}
+
+fn scale(x: Tensor<3>, gamma: &Option<Param<Tensor<1>>>) -> Tensor<3> {
+    match gamma {
+        Some(g) => x * g.val().unsqueeze::<3>(),
+        None => x,
+    }
+}
+
+/// The tensor-naming scheme of a checkpoint's transformer blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// Hugging Face `CLIPEncoderLayer`: `layer_norm1`, `self_attn.{q,k,v,out}_proj`, `mlp.fc1/fc2`.
+    HfClip,
+    /// open_clip `ResidualAttentionBlock`: `ln_1`, `attn.in_proj_weight`, `mlp.c_fc/c_proj`, `ls_1`.
+    OpenClip,
+    /// timm `Block`: `norm1`, `attn.qkv`, `attn.proj`, `mlp.fc1/fc2`, `ls1.gamma`.
+    Timm,
+}
+
+/// Shape and options of a stack of transformer blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockSpec {
+    /// Model width.
+    pub dim: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Hidden width of the MLP.
+    pub mlp_dim: usize,
+    /// MLP activation.
+    pub act: Activation,
+    /// LayerNorm epsilon.
+    pub eps: f64,
+    /// Whether the blocks carry LayerScale gammas.
+    pub layer_scale: bool,
+    /// Tensor naming scheme.
+    pub naming: Naming,
+}
+
+/// Loads `depth` blocks named `{prefix}.{i}`.
+pub fn load_blocks(l: &Loader, prefix: &str, depth: usize, spec: &BlockSpec) -> Result<Vec<Block>> {
+    (0..depth).map(|i| load_block(l, &format!("{prefix}.{i}"), spec)).collect()
+}
+
+/// Loads one block named `p` under `spec.naming`.
+pub fn load_block(l: &Loader, p: &str, spec: &BlockSpec) -> Result<Block> {
+    let BlockSpec { dim, heads, mlp_dim, act, eps, layer_scale, naming } = *spec;
+    let (ln1, ln2, out, fc1, fc2, ls1, ls2) = match naming {
+        Naming::HfClip => ("layer_norm1", "layer_norm2", "self_attn.out_proj", "mlp.fc1", "mlp.fc2", "", ""),
+        Naming::OpenClip => ("ln_1", "ln_2", "attn.out_proj", "mlp.c_fc", "mlp.c_proj", "ls_1.gamma", "ls_2.gamma"),
+        Naming::Timm => ("norm1", "norm2", "attn.proj", "mlp.fc1", "mlp.fc2", "ls1.gamma", "ls2.gamma"),
+    };
+    let qkv = match naming {
+        Naming::HfClip => QkvProjection::Split(SplitQkv {
+            q: l.linear(&format!("{p}.self_attn.q_proj"), dim, dim, true)?,
+            k: l.linear(&format!("{p}.self_attn.k_proj"), dim, dim, true)?,
+            v: l.linear(&format!("{p}.self_attn.v_proj"), dim, dim, true)?,
+        }),
+        Naming::OpenClip => {
+            let w = l.tensor::<2>(&format!("{p}.attn.in_proj_weight"), [3 * dim, dim])?;
+            let b = l.tensor::<1>(&format!("{p}.attn.in_proj_bias"), [3 * dim])?;
+            QkvProjection::Fused(linear_from_torch(w, Some(b)))
+        }
+        Naming::Timm => QkvProjection::Fused(l.linear_maybe_bias(&format!("{p}.attn.qkv"), dim, 3 * dim)?),
+    };
+    let gamma = |name: &str| -> Result<Option<Param<Tensor<1>>>> {
+        if !layer_scale {
+            return Ok(None);
+        }
+        Ok(Some(Param::from_tensor(l.tensor_or_fill::<1>(&format!("{p}.{name}"), [dim], 1e-5)?)))
+    };
+    Ok(Block {
+        ln1: l.layer_norm(&format!("{p}.{ln1}"), dim, eps)?,
+        attn: Attention { qkv, out: l.linear(&format!("{p}.{out}"), dim, dim, true)?, heads },
+        ls1: gamma(ls1)?,
+        ln2: l.layer_norm(&format!("{p}.{ln2}"), dim, eps)?,
+        mlp: Mlp {
+            fc1: l.linear(&format!("{p}.{fc1}"), dim, mlp_dim, true)?,
+            fc2: l.linear(&format!("{p}.{fc2}"), mlp_dim, dim, true)?,
+            act,
+        },
+        ls2: gamma(ls2)?,
+    })
+}

@@ -1,0 +1,211 @@
+//! The vision transformer shared by every architecture (HF CLIP, open_clip, timm, CONCH's trunk).
+//!
+//! The patch embedding is a linear layer over flattened patches, which is exactly the
+//! stride-`p` convolution the checkpoints store (its `[D, 3, p, p]` kernel is reshaped at load),
+//! and lets LoRA treat it like any other 2-D weight.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+
+use super::nn::{Attention, Block, LayerNorm, QkvProjection, SplitQkv};
+use crate::weights::{linear_from_torch, Loader};
+use crate::{Error, Result};
+
+/// Patch size, input size and how the position embedding treats prefix tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Square patch side in pixels.
+    pub patch: usize,
+    /// Square input side in pixels.
+    pub image_size: usize,
+    /// Whether the position embedding also covers the class/register tokens (false for timm
+    /// `no_embed_class`, e.g. DINOv2).
+    pub pos_covers_prefix: bool,
+}
+
+impl Geometry {
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch
+    }
+}
+
+/// CONCH's attentional pooler: learned queries attend over the trunk's tokens.
+#[derive(Module, Debug)]
+pub struct AttentionalPooler {
+    /// Learned queries `[n_queries, d_model]`.
+    pub query: Param<Tensor<2>>,
+    /// Norm on the queries.
+    pub ln_q: LayerNorm,
+    /// Norm on the trunk tokens.
+    pub ln_k: LayerNorm,
+    /// Cross-attention (keys and values have the trunk's width).
+    pub attn: Attention,
+}
+
+impl AttentionalPooler {
+    /// Loads `{p}.query`, `{p}.ln_q`, `{p}.ln_k` and `{p}.attn` (a PyTorch `nn.MultiheadAttention`).
+    pub fn load(l: &Loader, p: &str, d_model: usize, context_dim: usize, heads: usize, n_queries: usize) -> Result<Self> {
+        let (q, k, v) = if l.contains(&format!("{p}.attn.in_proj_weight")) {
+            let w = l.tensor::<2>(&format!("{p}.attn.in_proj_weight"), [3 * d_model, d_model])?;
+            let mut w = w.chunk(3, 0);
+            let wv = w.pop().expect("3");
+            let wk = w.pop().expect("3");
+            (w.pop().expect("3"), wk, wv)
+        } else {
+            (
+                l.tensor::<2>(&format!("{p}.attn.q_proj_weight"), [d_model, d_model])?,
+                l.tensor::<2>(&format!("{p}.attn.k_proj_weight"), [d_model, context_dim])?,
+                l.tensor::<2>(&format!("{p}.attn.v_proj_weight"), [d_model, context_dim])?,
+            )
+        };
+        let mut b = l.tensor::<1>(&format!("{p}.attn.in_proj_bias"), [3 * d_model])?.chunk(3, 0);
+        let bv = b.pop().expect("3");
+        let bk = b.pop().expect("3");
+        let bq = b.pop().expect("3");
+        let split = SplitQkv {
+            q: linear_from_torch(q, Some(bq)),
+            k: linear_from_torch(k, Some(bk)),
+            v: linear_from_torch(v, Some(bv)),
+        };
+        Ok(Self {
+            query: Param::from_tensor(l.tensor::<2>(&format!("{p}.query"), [n_queries, d_model])?),
+            ln_q: l.layer_norm(&format!("{p}.ln_q"), d_model, 1e-5)?,
+            ln_k: l.layer_norm(&format!("{p}.ln_k"), context_dim, 1e-5)?,
+            attn: Attention {
+                qkv: QkvProjection::Split(split),
+                out: l.linear(&format!("{p}.attn.out_proj"), d_model, d_model, true)?,
+                heads,
+            },
+        })
+    }
+
+    /// Pools `x` `[batch, len, context_dim]` into `[batch, n_queries, d_model]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, _, _] = x.dims();
+        let x = self.ln_k.forward(x);
+        let q = self.ln_q.forward(self.query.val());
+        let [nq, d] = q.dims();
+        let q = q.unsqueeze::<3>().expand([b, nq, d]);
+        self.attn.forward_cross(q, x)
+    }
+}
+
+/// A ViT image encoder producing one embedding per image.
+#[derive(Module, Debug)]
+pub struct VisionTransformer {
+    /// Patch embedding as a linear layer over flattened `(channel, row, col)` patches.
+    pub patch_embed: Linear,
+    /// Class token `[dim]`, if the model has one.
+    pub cls_token: Option<Param<Tensor<1>>>,
+    /// Register tokens `[n, dim]` (timm `reg_token`), if any.
+    pub reg_tokens: Option<Param<Tensor<2>>>,
+    /// Learned absolute position embedding `[tokens, dim]`.
+    pub pos_embed: Param<Tensor<2>>,
+    /// Norm before the blocks (CLIP `ln_pre`), if any.
+    pub norm_pre: Option<LayerNorm>,
+    /// Transformer blocks.
+    pub blocks: Vec<Block>,
+    /// Norm over all tokens after the blocks (timm `norm`), if any.
+    pub norm: Option<LayerNorm>,
+    /// Attentional pooling (CONCH) instead of taking the class token.
+    pub attn_pool: Option<AttentionalPooler>,
+    /// Norm on the pooled vector (CLIP `ln_post`, CONCH `ln_contrast`), if any.
+    pub norm_pooled: Option<LayerNorm>,
+    /// Projection into the shared embedding space, if any.
+    pub proj: Option<Linear>,
+    /// Patch and input size.
+    #[module(skip)]
+    pub geometry: Geometry,
+}
+
+impl VisionTransformer {
+    /// Loads a patch embedding stored as a `[dim, 3, p, p]` convolution kernel (+ optional bias).
+    pub fn load_patch_embed(l: &Loader, weight: &str, bias: Option<&str>, dim: usize, patch: usize) -> Result<Linear> {
+        let w = l.tensor::<4>(weight, [dim, 3, patch, patch])?.reshape([dim, 3 * patch * patch]);
+        let b = bias.map(|name| l.tensor::<1>(name, [dim])).transpose()?;
+        Ok(linear_from_torch(w, b))
+    }
+
+    /// Checks that the position embedding matches the patch grid of the configured image size.
+    pub fn check_pos_embed(l: &Loader, name: &str, stored: usize, geometry: &Geometry, prefix: usize) -> Result<()> {
+        let expected = geometry.grid().pow(2) + if geometry.pos_covers_prefix { prefix } else { 0 };
+        if stored != expected {
+            return Err(Error::format(
+                l.name(),
+                format!(
+                    "tensor '{name}' has {stored} positions but image size {} with patch {} needs {expected}; \
+                     set the config's image size to the one the weights were trained at",
+                    geometry.image_size, geometry.patch
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Embedding width.
+    pub fn width(&self) -> usize {
+        self.pos_embed.val().dims()[1]
+    }
+
+    /// Embeds `pixels` `[batch, 3, size, size]` (already normalised) into `[batch, out_dim]`.
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<2> {
+        let tokens = self.forward_tokens(pixels);
+        let pooled = match &self.attn_pool {
+            Some(pool) => pool.forward(tokens).narrow(1, 0, 1),
+            None => tokens.narrow(1, 0, 1),
+        };
+        let [b, _, d] = pooled.dims();
+        let mut pooled = pooled.reshape([b, d]);
+        if let Some(norm) = &self.norm_pooled {
+            pooled = norm.forward(pooled);
+        }
+        match &self.proj {
+            Some(proj) => proj.forward(pooled),
+            None => pooled,
+        }
+    }
+
+    /// All output tokens `[batch, prefix + patches, dim]` after the blocks and the final norm.
+    pub fn forward_tokens(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let [b, c, h, w] = pixels.dims();
+        let p = self.geometry.patch;
+        let (gh, gw) = (h / p, w / p);
+        let patches = pixels
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, gh * gw, c * p * p]);
+        let mut x = self.patch_embed.forward(patches);
+        let dim = x.dims()[2];
+        let pos = self.pos_embed.val().unsqueeze::<3>();
+        let mut prefix = Vec::new();
+        if let Some(cls) = &self.cls_token {
+            prefix.push(cls.val().reshape([1, 1, dim]).expand([b, 1, dim]));
+        }
+        if let Some(reg) = &self.reg_tokens {
+            let n = reg.val().dims()[0];
+            prefix.push(reg.val().unsqueeze::<3>().expand([b, n, dim]));
+        }
+        if !self.geometry.pos_covers_prefix {
+            x = x + pos.clone();
+        }
+        if !prefix.is_empty() {
+            prefix.push(x);
+            x = Tensor::cat(prefix, 1);
+        }
+        if self.geometry.pos_covers_prefix {
+            x = x + pos;
+        }
+        if let Some(norm) = &self.norm_pre {
+            x = norm.forward(x);
+        }
+        for block in &self.blocks {
+            x = block.forward(x, None, false);
+        }
+        match &self.norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        }
+    }
+}
