@@ -32,7 +32,11 @@ pub fn list_images(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
     let mut walk = Walk::default();
     walk.visit(dir)?;
     if walk.images.is_empty() {
-        return Err(Error::msg(format!("no images in {} (looked for {})", dir.display(), ext_list())));
+        return Err(Error::msg(format!(
+            "no images in {} (looked for {})",
+            dir.display(),
+            ext_list()
+        )));
     }
     walk.images.sort();
     Ok(walk.images)

@@ -39,7 +39,10 @@ impl AtomicWriter {
             return Err(Error::msg(format!("{}: not a file path (no file name)", dest.display())));
         };
         if dest.is_dir() {
-            return Err(Error::msg(format!("{}: is a folder, cannot write a file there", dest.display())));
+            return Err(Error::msg(format!(
+                "{}: is a folder, cannot write a file there",
+                dest.display()
+            )));
         }
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -97,7 +100,10 @@ impl AtomicWriter {
         drop(file);
         if let Err(e) = std::fs::rename(&self.temp, &self.dest) {
             let _ = std::fs::remove_file(&self.temp);
-            return Err(Error::msg(format!("{}: cannot replace the file: {e}", self.dest.display())));
+            return Err(Error::msg(format!(
+                "{}: cannot replace the file: {e}",
+                self.dest.display()
+            )));
         }
         sync_parent(&self.dest);
         Ok(())

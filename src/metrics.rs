@@ -25,7 +25,11 @@ impl ConfusionMatrix {
     /// prediction `>= n_classes` (with its position).
     pub fn from_predictions(labels: &[usize], preds: &[usize], n_classes: usize) -> Result<Self> {
         if labels.len() != preds.len() {
-            return Err(Error::msg(format!("{} labels but {} predictions", labels.len(), preds.len())));
+            return Err(Error::msg(format!(
+                "{} labels but {} predictions",
+                labels.len(),
+                preds.len()
+            )));
         }
         if labels.is_empty() || n_classes == 0 {
             return Err(Error::msg("metrics: no samples or no classes"));
@@ -114,13 +118,15 @@ impl ConfusionMatrix {
     /// A readable table: one row per true class, one column per prediction, then the recall.
     /// Missing names fall back to class indices.
     pub fn to_text(&self, class_names: &[String]) -> String {
-        let names: Vec<String> =
-            (0..self.n).map(|c| class_names.get(c).cloned().unwrap_or_else(|| c.to_string())).collect();
+        let names: Vec<String> = (0..self.n)
+            .map(|c| class_names.get(c).cloned().unwrap_or_else(|| c.to_string()))
+            .collect();
         let corner = "true \\ pred";
         let w0 = names.iter().map(|s| s.chars().count()).chain([corner.len()]).max().unwrap_or(0);
         let widths: Vec<usize> = (0..self.n)
             .map(|c| {
-                let longest = (0..self.n).map(|t| self.get(t, c).to_string().len()).max().unwrap_or(1);
+                let longest =
+                    (0..self.n).map(|t| self.get(t, c).to_string().len()).max().unwrap_or(1);
                 names[c].chars().count().max(longest)
             })
             .collect();
@@ -199,7 +205,11 @@ pub fn binary_auroc(scores: &[f32], positive: &[bool]) -> Option<f64> {
 /// Errors: length mismatch, ragged rows, a label out of range, a NaN score.
 pub fn macro_auroc(probs: &[Vec<f32>], labels: &[usize]) -> Result<Option<f64>> {
     if probs.len() != labels.len() {
-        return Err(Error::msg(format!("{} probability rows but {} labels", probs.len(), labels.len())));
+        return Err(Error::msg(format!(
+            "{} probability rows but {} labels",
+            probs.len(),
+            labels.len()
+        )));
     }
     let n_classes = probs.first().map_or(0, Vec::len);
     for (i, (row, &y)) in probs.iter().zip(labels).enumerate() {
@@ -257,7 +267,12 @@ pub struct Report {
 impl Report {
     /// Summarises predictions; `class_names.len()` is the number of classes. With `probs`, also
     /// the macro AUROC.
-    pub fn new(labels: &[usize], preds: &[usize], class_names: &[String], probs: Option<&[Vec<f32>]>) -> Result<Self> {
+    pub fn new(
+        labels: &[usize],
+        preds: &[usize],
+        class_names: &[String],
+        probs: Option<&[Vec<f32>]>,
+    ) -> Result<Self> {
         let cm = ConfusionMatrix::from_predictions(labels, preds, class_names.len())?;
         let macro_auroc = match probs {
             Some(p) => macro_auroc(p, labels)?,
@@ -287,7 +302,11 @@ impl Report {
     }
 
     /// Summarises class probabilities: predictions are the row-wise argmax.
-    pub fn from_probs(probs: &[Vec<f32>], labels: &[usize], class_names: &[String]) -> Result<Self> {
+    pub fn from_probs(
+        probs: &[Vec<f32>],
+        labels: &[usize],
+        class_names: &[String],
+    ) -> Result<Self> {
         Self::new(labels, &argmax_rows(probs), class_names, Some(probs))
     }
 

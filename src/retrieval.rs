@@ -68,7 +68,8 @@ impl Corpus {
             }
             let is_jsonl = *jsonl.get_or_insert_with(|| line.starts_with('{'));
             let (id, text) = if is_jsonl {
-                let row: CorpusRow = serde_json::from_str(line).map_err(|e| json_error(name, line_no, &e))?;
+                let row: CorpusRow =
+                    serde_json::from_str(line).map_err(|e| json_error(name, line_no, &e))?;
                 let id = row.id.into_string().map_err(|m| line_error(name, line_no, m))?;
                 (id, row.text.trim().to_string())
             } else {
@@ -78,14 +79,21 @@ impl Corpus {
                 return Err(line_error(name, line_no, format!("report '{id}' has an empty text")));
             }
             if let Some(first) = seen.insert(id.clone(), line_no) {
-                return Err(line_error(name, line_no, format!("duplicate id '{id}' (first on line {first})")));
+                return Err(line_error(
+                    name,
+                    line_no,
+                    format!("duplicate id '{id}' (first on line {first})"),
+                ));
             }
             ids.push(id);
             texts.push(text);
             Ok(())
         })?;
         if texts.is_empty() {
-            return Err(Error::format(name, "the corpus has no reports (the file is empty or blank)"));
+            return Err(Error::format(
+                name,
+                "the corpus has no reports (the file is empty or blank)",
+            ));
         }
         Ok(Self { ids, texts })
     }
@@ -162,9 +170,14 @@ fn for_each_line(
         while matches!(buf.last(), Some(b'\n' | b'\r')) {
             buf.pop();
         }
-        let bytes = if line_no == 1 { buf.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buf) } else { &buf };
+        let bytes =
+            if line_no == 1 { buf.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buf) } else { &buf };
         let line = std::str::from_utf8(bytes).map_err(|e| {
-            line_error(name, line_no, format!("not valid UTF-8 (bad byte at column {})", e.valid_up_to() + 1))
+            line_error(
+                name,
+                line_no,
+                format!("not valid UTF-8 (bad byte at column {})", e.valid_up_to() + 1),
+            )
         })?;
         f(line_no, line)?;
     }
@@ -255,9 +268,14 @@ impl EmbeddingCache {
             )));
         }
         let bytes: Vec<u8> = embeds.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), dim], &bytes)
-            .map_err(|e| Error::msg(format!("embedding cache: {e}")))?;
-        let ids_json = serde_json::to_string(ids).map_err(|e| Error::msg(format!("embedding cache: {e}")))?;
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            vec![ids.len(), dim],
+            &bytes,
+        )
+        .map_err(|e| Error::msg(format!("embedding cache: {e}")))?;
+        let ids_json =
+            serde_json::to_string(ids).map_err(|e| Error::msg(format!("embedding cache: {e}")))?;
         let meta = HashMap::from([
             (META_FORMAT.to_string(), FORMAT_V1.to_string()),
             (META_KEY.to_string(), key.to_string()),
@@ -272,14 +290,23 @@ impl EmbeddingCache {
         match decode_checked(bytes, key) {
             Ok(Some(c)) => CacheLookup::Hit(c),
             Ok(None) => CacheLookup::Stale,
-            Err(msg) => CacheLookup::Corrupt(format!("{name}: ignoring the embedding cache: {msg}")),
+            Err(msg) => {
+                CacheLookup::Corrupt(format!("{name}: ignoring the embedding cache: {msg}"))
+            }
         }
     }
 
     /// Writes a cache file atomically, creating its folder if needed.
-    pub fn save(path: impl AsRef<Path>, key: &str, ids: &[String], embeds: &[f32], dim: usize) -> Result<()> {
+    pub fn save(
+        path: impl AsRef<Path>,
+        key: &str,
+        ids: &[String],
+        embeds: &[f32],
+        dim: usize,
+    ) -> Result<()> {
         let path = path.as_ref();
-        let bytes = Self::encode(key, ids, embeds, dim).map_err(|e| Error::format(path.display(), e))?;
+        let bytes =
+            Self::encode(key, ids, embeds, dim).map_err(|e| Error::format(path.display(), e))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
@@ -292,14 +319,21 @@ impl EmbeddingCache {
         match std::fs::read(path) {
             Ok(bytes) => Self::decode(&bytes, key, &path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CacheLookup::Missing,
-            Err(e) => CacheLookup::Corrupt(format!("{}: cannot read the embedding cache: {e}", path.display())),
+            Err(e) => CacheLookup::Corrupt(format!(
+                "{}: cannot read the embedding cache: {e}",
+                path.display()
+            )),
         }
     }
 }
 
 /// `Ok(None)` for a valid file with another key; `Err` says what is invalid.
-fn decode_checked(bytes: &[u8], key: &str) -> std::result::Result<Option<CachedEmbeddings>, String> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file ({e})"))?;
+fn decode_checked(
+    bytes: &[u8],
+    key: &str,
+) -> std::result::Result<Option<CachedEmbeddings>, String> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a safetensors file ({e})"))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
     let meta = header.metadata().as_ref().ok_or("no metadata")?;
     let get = |k: &str| meta.get(k).ok_or_else(|| format!("metadata '{k}' missing"));
@@ -309,7 +343,8 @@ fn decode_checked(bytes: &[u8], key: &str) -> std::result::Result<Option<CachedE
     if get(META_KEY)? != key {
         return Ok(None);
     }
-    let ids: Vec<String> = serde_json::from_str(get(META_IDS)?).map_err(|e| format!("bad id list: {e}"))?;
+    let ids: Vec<String> =
+        serde_json::from_str(get(META_IDS)?).map_err(|e| format!("bad id list: {e}"))?;
     let t = st.tensor(TENSOR_NAME).map_err(|e| format!("tensor '{TENSOR_NAME}': {e}"))?;
     if t.dtype() != safetensors::Dtype::F32 {
         return Err(format!("tensor '{TENSOR_NAME}' is {:?}, expected F32", t.dtype()));
@@ -320,15 +355,18 @@ fn decode_checked(bytes: &[u8], key: &str) -> std::result::Result<Option<CachedE
     if m != ids.len() || dim == 0 {
         return Err(format!("tensor shape [{m}, {dim}] does not match {} ids", ids.len()));
     }
-    let embeds = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let embeds =
+        t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Ok(Some(CachedEmbeddings { ids, embeds, dim }))
 }
 
 /// Where the cache for `key` lives in `cache_dir` (`text-embeddings-<key>.safetensors`; characters
 /// other than ASCII letters, digits, `-` and `_` in the key become `_`).
 pub fn cache_path(cache_dir: impl AsRef<Path>, key: &str) -> PathBuf {
-    let safe: String =
-        key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let safe: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
     cache_dir.as_ref().join(format!("text-embeddings-{safe}.safetensors"))
 }
 
@@ -366,37 +404,48 @@ pub fn matrix_from_host(values: &[f32], dim: usize, device: &Device) -> Result<T
 /// synchronous read; use [`matrix_to_host_async`] in the browser).
 pub fn matrix_to_host(t: Tensor<2>) -> Result<(Vec<f32>, [usize; 2])> {
     let dims = t.dims();
-    let data = t.try_into_data().map_err(|e| Error::msg(format!("reading a tensor from the device: {e}")))?;
+    let data = t
+        .try_into_data()
+        .map_err(|e| Error::msg(format!("reading a tensor from the device: {e}")))?;
     Ok((data_to_f32(data)?, dims))
 }
 
 /// Async [`matrix_to_host`], the only kind of read allowed in wasm.
 pub async fn matrix_to_host_async(t: Tensor<2>) -> Result<(Vec<f32>, [usize; 2])> {
     let dims = t.dims();
-    let data =
-        t.into_data_async().await.map_err(|e| Error::msg(format!("reading a tensor from the device: {e}")))?;
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::msg(format!("reading a tensor from the device: {e}")))?;
     Ok((data_to_f32(data)?, dims))
 }
 
 fn data_to_f32(data: TensorData) -> Result<Vec<f32>> {
-    data.try_cast_as::<f32>()
-        .and_then(|d| d.into_vec::<f32>())
+    data.try_into_vec_as::<f32>()
         .map_err(|e| Error::msg(format!("tensor data is not convertible to f32: {e:?}")))
 }
 
 /// The `k` best texts of every image from a row-major `[N, n_texts]` score matrix: `(text index,
 /// score)` by descending score, ties broken by the lower index; NaN scores rank last. `k` larger
 /// than `n_texts` is clamped.
-pub fn top_k_from_scores(scores: &[f32], n_texts: usize, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
+pub fn top_k_from_scores(
+    scores: &[f32],
+    n_texts: usize,
+    k: usize,
+) -> Result<Vec<Vec<(usize, f32)>>> {
     if n_texts == 0 || scores.len() % n_texts != 0 {
-        return Err(Error::msg(format!("{} scores do not form rows of {n_texts} texts", scores.len())));
+        return Err(Error::msg(format!(
+            "{} scores do not form rows of {n_texts} texts",
+            scores.len()
+        )));
     }
     if k == 0 {
         return Err(Error::msg("top-k: k must be at least 1"));
     }
     let k = k.min(n_texts);
     let key = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
-    let order = |a: &(usize, f32), b: &(usize, f32)| key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0));
+    let order =
+        |a: &(usize, f32), b: &(usize, f32)| key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0));
     Ok(scores
         .chunks_exact(n_texts)
         .map(|row| {
@@ -419,7 +468,11 @@ pub fn top_k(images: Tensor<2>, texts: Tensor<2>, k: usize) -> Result<Vec<Vec<(u
 }
 
 /// Async [`top_k`] for the browser.
-pub async fn top_k_async(images: Tensor<2>, texts: Tensor<2>, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
+pub async fn top_k_async(
+    images: Tensor<2>,
+    texts: Tensor<2>,
+    k: usize,
+) -> Result<Vec<Vec<(usize, f32)>>> {
     let (scores, [_, m]) = matrix_to_host_async(cosine_similarity(images, texts)?).await?;
     top_k_from_scores(&scores, m, k)
 }
@@ -441,17 +494,33 @@ pub struct PseudoPair {
 }
 
 /// Turns top-k results into pairs: `hits[i]` belongs to `images[i]`; indices point into `report_ids`.
-pub fn pseudo_pairs(images: &[String], report_ids: &[String], hits: &[Vec<(usize, f32)>]) -> Result<Vec<PseudoPair>> {
+pub fn pseudo_pairs(
+    images: &[String],
+    report_ids: &[String],
+    hits: &[Vec<(usize, f32)>],
+) -> Result<Vec<PseudoPair>> {
     if images.len() != hits.len() {
-        return Err(Error::msg(format!("{} images but {} rows of retrieval results", images.len(), hits.len())));
+        return Err(Error::msg(format!(
+            "{} images but {} rows of retrieval results",
+            images.len(),
+            hits.len()
+        )));
     }
     let mut out = Vec::with_capacity(hits.iter().map(Vec::len).sum());
     for (image, row) in images.iter().zip(hits) {
         for (r, &(j, score)) in row.iter().enumerate() {
             let report_id = report_ids.get(j).ok_or_else(|| {
-                Error::msg(format!("{image}: report index {j} out of range ({} reports)", report_ids.len()))
+                Error::msg(format!(
+                    "{image}: report index {j} out of range ({} reports)",
+                    report_ids.len()
+                ))
             })?;
-            out.push(PseudoPair { image: image.clone(), report_id: report_id.clone(), score, rank: r + 1 });
+            out.push(PseudoPair {
+                image: image.clone(),
+                report_id: report_id.clone(),
+                score,
+                rank: r + 1,
+            });
         }
     }
     Ok(out)
@@ -462,7 +531,10 @@ pub fn pseudo_pairs(images: &[String], report_ids: &[String], hits: &[Vec<(usize
 pub fn write_pairs(mut w: impl Write, pairs: &[PseudoPair], name: &str) -> Result<()> {
     for (i, p) in pairs.iter().enumerate() {
         if !p.score.is_finite() {
-            return Err(Error::format(name, format!("pair {} ({}): score {} is not finite", i + 1, p.image, p.score)));
+            return Err(Error::format(
+                name,
+                format!("pair {} ({}): score {} is not finite", i + 1, p.image, p.score),
+            ));
         }
         serde_json::to_writer(&mut w, p).map_err(|e| Error::format(name, e))?;
         w.write_all(b"\n").map_err(|e| Error::format(name, e))?;
@@ -486,7 +558,8 @@ pub fn parse_pairs(reader: impl BufRead, name: &str) -> Result<Vec<PseudoPair>> 
         if line.is_empty() {
             return Ok(());
         }
-        let p: PseudoPair = serde_json::from_str(line).map_err(|e| json_error(name, line_no, &e))?;
+        let p: PseudoPair =
+            serde_json::from_str(line).map_err(|e| json_error(name, line_no, &e))?;
         if p.rank == 0 {
             return Err(line_error(name, line_no, "rank must start at 1"));
         }

@@ -47,7 +47,10 @@ pub fn parse_templates(text: &str, name: &str) -> Result<Vec<String>> {
         if !t.contains(PLACEHOLDER) {
             return Err(Error::format(
                 name,
-                format!("line {}: template \"{line}\" has no {{}} placeholder for the class name", i + 1),
+                format!(
+                    "line {}: template \"{line}\" has no {{}} placeholder for the class name",
+                    i + 1
+                ),
             ));
         }
         out.push(t);
@@ -96,7 +99,11 @@ pub fn class_embeddings(per_class: Vec<Tensor<2>>) -> Result<Tensor<2>> {
 
 /// Zero-shot logits `[N, C]` = `exp(logit_scale_raw) * cos(image, class)`. `logit_scale_raw` is the
 /// model's stored (log) parameter, e.g. ln(100) ≈ 4.605; it is not clamped.
-pub fn zero_shot_logits(image_embeds: Tensor<2>, class_embeds: Tensor<2>, logit_scale_raw: f32) -> Result<Tensor<2>> {
+pub fn zero_shot_logits(
+    image_embeds: Tensor<2>,
+    class_embeds: Tensor<2>,
+    logit_scale_raw: f32,
+) -> Result<Tensor<2>> {
     if !logit_scale_raw.is_finite() {
         return Err(Error::msg(format!("zero-shot: logit scale {logit_scale_raw} is not finite")));
     }
@@ -104,7 +111,11 @@ pub fn zero_shot_logits(image_embeds: Tensor<2>, class_embeds: Tensor<2>, logit_
 }
 
 /// Class probabilities `[N, C]`: the softmax of [`zero_shot_logits`] over classes.
-pub fn zero_shot_probs(image_embeds: Tensor<2>, class_embeds: Tensor<2>, logit_scale_raw: f32) -> Result<Tensor<2>> {
+pub fn zero_shot_probs(
+    image_embeds: Tensor<2>,
+    class_embeds: Tensor<2>,
+    logit_scale_raw: f32,
+) -> Result<Tensor<2>> {
     Ok(softmax(zero_shot_logits(image_embeds, class_embeds, logit_scale_raw)?, 1))
 }
 
@@ -123,7 +134,8 @@ mod tests {
 
     #[test]
     fn templates_and_prompts() {
-        let t = parse_templates("# comment\n\nan image of CLASSNAME.\n{} tissue\n", "t.txt").unwrap();
+        let t =
+            parse_templates("# comment\n\nan image of CLASSNAME.\n{} tissue\n", "t.txt").unwrap();
         assert_eq!(t, ["an image of {}.", "{} tissue"]);
         let p = prompts(&["tumor".into(), "normal".into()], &t);
         assert_eq!(p[1], ["an image of normal.", "normal tissue"]);
@@ -148,7 +160,8 @@ mod tests {
 
         let img = matrix_from_host(&[3.0, 0.0], 2, &dev).unwrap();
         let scale = 100f32.ln();
-        let (logits, _) = matrix_to_host(zero_shot_logits(img.clone(), classes.clone(), scale).unwrap()).unwrap();
+        let (logits, _) =
+            matrix_to_host(zero_shot_logits(img.clone(), classes.clone(), scale).unwrap()).unwrap();
         close(&logits, &[100.0, 100.0 * a / n]);
         let (p, _) = matrix_to_host(zero_shot_probs(img, classes, scale).unwrap()).unwrap();
         assert!((p[0] + p[1] - 1.0).abs() < 1e-5 && p[0] > p[1]);

@@ -74,8 +74,9 @@ fn retrieve_writes_ranked_pseudo_pairs_and_reuses_the_cache() {
     std::fs::write(&reports, "{\"id\":\"r1\",\"text\":\"invasive carcinoma\"}\n{\"id\":\"r2\",\"text\":\"benign stroma\"}\n{\"id\":\"r3\",\"text\":\"lymphocytes\"}\n").unwrap();
     let out = tmp.path().join("pairs.jsonl");
     let cache = tmp.path().join("cache");
+    let (model, tiles_dir) = (fixture("hf_clip_quickgelu"), root().join("tests/data/tiles"));
     let args = [
-        "retrieve", "--model", fixture("hf_clip_quickgelu").to_str().unwrap(), "--images", root().join("tests/data/tiles").to_str().unwrap(),
+        "retrieve", "--model", model.to_str().unwrap(), "--images", tiles_dir.to_str().unwrap(),
         "--reports", reports.to_str().unwrap(), "--top-k", "2", "--out", out.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(),
     ];
     let first = clipit(&args);

@@ -104,7 +104,10 @@ fn tiny_checkpoint_matches_safetensors_reference() {
     assert_eq!(tensors[0].0, "visual.proj");
     for (name, t) in &tensors {
         let e = expected.tensor(name).unwrap();
-        assert_eq!((t.dtype, t.shape.as_slice(), t.data.as_slice()), (e.dtype(), e.shape(), e.data()));
+        assert_eq!(
+            (t.dtype, t.shape.as_slice(), t.data.as_slice()),
+            (e.dtype(), e.shape(), e.data())
+        );
     }
 }
 
@@ -137,6 +140,8 @@ fn bad_inputs_are_errors_without_output() {
     std::fs::write(at("legacy.bin"), b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.").unwrap();
     assert_rejected(&at("legacy.bin"), "legacy");
 
+    assert_rejected(&fixture("expected.safetensors"), "already a safetensors file");
+
     std::fs::write(at("text.bin"), b"hello, not a checkpoint at all").unwrap();
     assert_rejected(&at("text.bin"), "zip");
 
@@ -149,13 +154,15 @@ fn bad_inputs_are_errors_without_output() {
     write_zip(&at("opcode.bin"), &[("x/data.pkl".into(), b"\x80\x02\xfe.".to_vec())]);
     assert_rejected(&at("opcode.bin"), "opcode 0xfe");
 
-    write_zip(&at("nostorage.bin"), &[pkl.clone()]);
+    write_zip(&at("nostorage.bin"), std::slice::from_ref(&pkl));
     assert_rejected(&at("nostorage.bin"), "data/");
 
     // Storages cut to 1 byte: every view reaches past its storage.
     let short: Vec<_> = tiny
         .iter()
-        .map(|(n, d)| (n.clone(), if n.contains("/data/") { d[..d.len().min(1)].to_vec() } else { d.clone() }))
+        .map(|(n, d)| {
+            (n.clone(), if n.contains("/data/") { d[..d.len().min(1)].to_vec() } else { d.clone() })
+        })
         .collect();
     write_zip(&at("short.bin"), &short);
     assert_rejected(&at("short.bin"), "past its storage");
@@ -182,6 +189,50 @@ fn bad_inputs_are_errors_without_output() {
 }
 
 #[test]
+fn big_endian_storages_are_byte_swapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("be.bin"), dir.path().join("be.safetensors"));
+    let values = [1.5f32, -2.0, 3.25];
+    let be: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+    write_zip(
+        &input,
+        &[
+            ("x/data.pkl".into(), tensor_pickle(3, 0, &[3], &[1])),
+            ("x/byteorder".into(), b"big".to_vec()),
+            ("x/data/0".into(), be),
+        ],
+    );
+    convert_pickle_to_safetensors(&input, &out).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_eq!(st.tensor("w").unwrap().data(), le.as_slice());
+}
+
+#[test]
+fn hostile_pickles_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        // Deeply nested containers (dropping them could overflow the stack).
+        ("tuples.bin", [&b"\x80\x02"[..], &[b'('; 1000], &[b't'; 1000], b"."].concat(), "deeply"),
+        ("lists.bin", [&b"\x80\x02"[..], &[b']'; 1000], &[b'a'; 999], b"."].concat(), "deeply"),
+        // A dict re-memoized after every item would be copied quadratically.
+        (
+            "copies.bin",
+            [&b"\x80\x02}"[..], &b"q\x00K\x01K\x01s".repeat(100), b"."].concat(),
+            "copies",
+        ),
+        // Memo keys that were never stored.
+        ("memo.bin", b"\x80\x02h\x05.".to_vec(), "memo"),
+    ];
+    for (name, pickle, needle) in cases {
+        let path = dir.path().join(name);
+        write_zip(&path, &[("x/data.pkl".into(), pickle)]);
+        assert_rejected(&path, needle);
+    }
+}
+
+#[test]
 fn failed_conversion_keeps_the_previous_output() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.safetensors");
@@ -189,4 +240,6 @@ fn failed_conversion_keeps_the_previous_output() {
     assert!(convert_pickle_to_safetensors(&fixture("evil.bin"), &out).is_err());
     assert_eq!(std::fs::read(&out).unwrap(), b"previous");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let err = convert_pickle_to_safetensors(&fixture("tiny.bin"), &dir.path().join("no/x.st"));
+    assert!(err.unwrap_err().to_string().contains("does not exist"));
 }

@@ -65,7 +65,10 @@ fn confusion_matrix_matches_sklearn() {
 
 #[test]
 fn auroc_matches_sklearn_with_ties() {
-    let auc = binary_auroc(&[0.1, 0.4, 0.35, 0.8, 0.4, 0.4, 0.2, 0.9], &[false, true, true, false, true, false, false, true]);
+    let auc = binary_auroc(
+        &[0.1, 0.4, 0.35, 0.8, 0.4, 0.4, 0.2, 0.9],
+        &[false, true, true, false, true, false, false, true],
+    );
     close(auc.unwrap(), 0.6875);
     let p = probs();
     assert_eq!(argmax_rows(&p), PREDS);
@@ -103,5 +106,7 @@ fn bad_input_is_an_error() {
     assert!(e.contains("sample 1"), "{e}");
     assert!(macro_auroc(&[vec![0.5, 0.5], vec![0.5]], &[0, 1]).is_err());
     assert!(macro_auroc(&[vec![f32::NAN, 0.5]], &[0]).is_err());
-    assert!(Report::new(&[0, 1], &[0, 1], &["a".into(), "b".into()], Some(&[vec![1.0, 0.0]])).is_err());
+    assert!(
+        Report::new(&[0, 1], &[0, 1], &["a".into(), "b".into()], Some(&[vec![1.0, 0.0]])).is_err()
+    );
 }

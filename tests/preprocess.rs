@@ -104,6 +104,29 @@ fn tensors_match_torchvision() {
     }
 }
 
+/// The shared fixture written by tests/reference/make_fixtures.py (real model sizes: OpenAI CLIP 224
+/// on a non-square crop, CONCH 448 upsampling, timm crop_pct 0.875 on a TIFF tile and on the crop).
+#[test]
+fn shared_fixture_matches_torchvision() {
+    let dir = root().join("tests/fixtures/preprocess");
+    let Ok(json) = std::fs::read(dir.join("cases.json")) else {
+        eprintln!("tests/fixtures/preprocess absent: skipped");
+        return;
+    };
+    let cases: Vec<Case> = serde_json::from_slice(&json).unwrap();
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    for c in &cases {
+        let img = load_rgb(&root().join(&c.image), DEFAULT_MAX_PIXELS).unwrap();
+        let got = preprocess(&img, &PreprocessConfig::new(c.resize, c.crop, c.mean, c.std));
+        let want = tensor_f32(&st, &c.key);
+        assert_eq!(got.len(), want.len(), "{}", c.key);
+        let (cos, max) = (cosine(&got, &want), max_abs(&got, &want));
+        eprintln!("{}: cosine {cos:.8}, max abs diff {max:.2e}", c.key);
+        assert!(cos >= 0.995 && max <= 1e-6, "{}: cosine {cos}, max abs diff {max}", c.key);
+    }
+}
+
 #[test]
 fn jpeg_decode_close_to_pil() {
     let (_, bytes) = cases();
@@ -162,7 +185,7 @@ fn batch_tensor_shape_and_values() {
     let a = preprocess(&img, &cfg);
     let t = to_batch_tensor(&[a.clone(), a.clone()], 4, &Device::flex());
     assert_eq!(t.dims(), [2, 3, 4, 4]);
-    let v = t.into_data().to_vec::<f32>().unwrap();
+    let v = t.into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(&v[..48], &a[..]);
     assert_eq!(&v[48..], &a[..]);
 }
@@ -268,7 +291,7 @@ fn ihdr(w: u32, h: u32, depth: u8, color: u8) -> [u8; 13] {
 fn decodes_palette_png() {
     let palette = vec![255, 0, 0, 0, 128, 255, 10, 20, 30];
     let trns = vec![255, 0, 128];
-    let raw = [0u8, 0, 1, 2, 1, 0, 2, 1, 0];
+    let raw = [0u8, 0, 1, 2, 1, 0, 2, 1, 0, 0];
     let png = raw_png(ihdr(4, 2, 8, 3), &[(b"PLTE", palette), (b"tRNS", trns)], &raw);
     let img = decode_rgb(&png, "p.png", DEFAULT_MAX_PIXELS).unwrap();
     let px: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();

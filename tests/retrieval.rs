@@ -2,8 +2,8 @@
 
 use burn::tensor::Device;
 use clipit::retrieval::{
-    cache_path, matrix_from_host, matrix_to_host, parse_pairs, pseudo_pairs, read_pairs_jsonl, top_k,
-    top_k_from_scores, write_pairs_jsonl, CacheLookup, Corpus, EmbeddingCache, PseudoPair,
+    cache_path, matrix_from_host, matrix_to_host, parse_pairs, pseudo_pairs, read_pairs_jsonl,
+    top_k, top_k_from_scores, write_pairs_jsonl, CacheLookup, Corpus, EmbeddingCache, PseudoPair,
 };
 
 fn err(r: clipit::Result<impl std::fmt::Debug>) -> String {
@@ -12,7 +12,9 @@ fn err(r: clipit::Result<impl std::fmt::Debug>) -> String {
 
 #[test]
 fn plain_text_corpus_ids_skip_blank_lines() {
-    let c = Corpus::parse("\u{feff}first report\r\n\n  second report  \n\nthird".as_bytes(), "c.txt").unwrap();
+    let c =
+        Corpus::parse("\u{feff}first report\r\n\n  second report  \n\nthird".as_bytes(), "c.txt")
+            .unwrap();
     assert_eq!(c.ids, ["0", "1", "2"]);
     assert_eq!(c.texts, ["first report", "second report", "third"]);
 }
@@ -32,7 +34,10 @@ fn corpus_errors_name_file_and_line() {
     let e = err(Corpus::parse(b"{\"id\":1,\"text\":\"a\"}\n\n{\"id\":2,\"text\":}\n", "c.jsonl"));
     assert!(e.starts_with("c.jsonl: line 3: invalid JSON"), "{e}");
     assert!(!e.contains("at line 1"), "{e}");
-    let e = err(Corpus::parse(b"{\"id\":1,\"text\":\"a\"}\n{\"id\":\"1\",\"text\":\"b\"}\n", "c.jsonl"));
+    let e = err(Corpus::parse(
+        b"{\"id\":1,\"text\":\"a\"}\n{\"id\":\"1\",\"text\":\"b\"}\n",
+        "c.jsonl",
+    ));
     assert!(e.contains("line 2: duplicate id '1' (first on line 1)"), "{e}");
     let e = err(Corpus::parse(b"{\"id\":1.5,\"text\":\"a\"}\n", "c.jsonl"));
     assert!(e.contains("not an integer"), "{e}");
@@ -114,8 +119,12 @@ fn cosine_top_k_on_cpu() {
 fn pseudo_pairs_jsonl_round_trip() {
     let images = vec!["a.png".to_string(), "b.png".to_string()];
     let reports = vec!["r0".to_string(), "r1".to_string()];
-    let pairs = pseudo_pairs(&images, &reports, &[vec![(1, 0.5), (0, 0.25)], vec![(0, 0.75)]]).unwrap();
-    assert_eq!(pairs[1], PseudoPair { image: "a.png".into(), report_id: "r0".into(), score: 0.25, rank: 2 });
+    let pairs =
+        pseudo_pairs(&images, &reports, &[vec![(1, 0.5), (0, 0.25)], vec![(0, 0.75)]]).unwrap();
+    assert_eq!(
+        pairs[1],
+        PseudoPair { image: "a.png".into(), report_id: "r0".into(), score: 0.25, rank: 2 }
+    );
     assert!(pseudo_pairs(&images, &reports, &[vec![(5, 0.1)], vec![]]).is_err());
 
     let dir = tempfile::tempdir().unwrap();
@@ -131,6 +140,9 @@ fn pseudo_pairs_jsonl_round_trip() {
     let bad = "{\"image\":\"a\",\"report_id\":\"r\",\"score\":1.0,\"rank\":1}\n{\"image\":\"a\"}\n";
     let e = err(parse_pairs(bad.as_bytes(), "p.jsonl"));
     assert!(e.starts_with("p.jsonl: line 2: invalid JSON"), "{e}");
-    let e = err(parse_pairs(b"{\"image\":\"a\",\"report_id\":\"r\",\"score\":1.0,\"rank\":0}".as_slice(), "p.jsonl"));
+    let e = err(parse_pairs(
+        b"{\"image\":\"a\",\"report_id\":\"r\",\"score\":1.0,\"rank\":0}".as_slice(),
+        "p.jsonl",
+    ));
     assert!(e.contains("line 1: rank must start at 1"), "{e}");
 }

@@ -135,11 +135,13 @@ pub fn retrieve(args: &ModelArgs, images: &Path, reports: &Path, k: usize, out: 
     let text_values = corpus_embeddings(&model, &corpus, args.batch, cache_dir)?;
     let embedded = embed_folder(&model, &paths, args.batch)?;
     let device = model.vision.pos_embed.val().device();
-    let hits = top_k(
-        matrix_from_host(&embedded.values, embedded.dim, &device)?,
-        matrix_from_host(&text_values, model.embed_dim, &device)?,
-        k.min(corpus.len()),
-    )?;
+    let reports = matrix_from_host(&text_values, model.embed_dim, &device)?;
+    // Score images in blocks so the image-by-report matrix stays small whatever the dataset size.
+    let mut hits = Vec::with_capacity(embedded.paths.len());
+    for block in embedded.values.chunks(embedded.dim * 4096) {
+        let images = matrix_from_host(block, embedded.dim, &device)?;
+        hits.extend(top_k(images, reports.clone(), k.min(corpus.len()))?);
+    }
     let names: Vec<String> = embedded.paths.iter().map(|p| p.display().to_string()).collect();
     let pairs = pseudo_pairs(&names, &corpus.ids, &hits)?;
     write_pairs_jsonl(out, &pairs)?;
@@ -150,6 +152,7 @@ pub fn retrieve(args: &ModelArgs, images: &Path, reports: &Path, k: usize, out: 
 /// Labels for a zero-shot run: the sub-folder of each image, when every sub-folder names a class.
 fn labelled_images(images: &Path, classes: &[String]) -> Result<(Vec<PathBuf>, Option<Vec<usize>>)> {
     if let Ok(folder) = ImageFolder::scan(images) {
+        folder.notes.iter().for_each(|n| eprintln!("note: {n}"));
         let index: Option<Vec<usize>> = folder
             .classes
             .iter()
@@ -230,7 +233,7 @@ pub fn convert(input: &Path, output: &Path) -> Result<()> {
     let report = clipit::convert::convert_pickle_to_safetensors(input, output)?;
     eprintln!("wrote {} tensors ({} bytes) to {}", report.tensors, report.bytes, output.display());
     for s in &report.skipped {
-        eprintln!("  skipped non-tensor entry {s}");
+        eprintln!("  skipped {s}");
     }
     Ok(())
 }

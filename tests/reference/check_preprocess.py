@@ -8,6 +8,8 @@ Inputs (copied once into tests/data/tiles/, ship-ok, see tests/data/ATTRIBUTION.
   kather_tumor.png   Kather et al. 2016 tile image_42_label_0.png (224x224, CC BY 4.0)
   hgsc_crop.png      a 210x150 crop of histolytics' hgsc_nest.jpg at (620, 700) (BSD-3-Clause), lossless
   hgsc_crop.jpg      the same crop re-encoded by PIL as JPEG (quality 90, 4:2:0), to measure decoder parity
+  hgsc_tall.png      a 60x150 crop of hgsc_nest.jpg at (900, 300): tall enough for Pillow >= 13 to run the
+                     vertical pass first
 
 Outputs, in tests/fixtures/preprocess_pil/:
   cases.json            [{key, image, resize, crop, mean, std}], as PreprocessConfig fields
@@ -45,6 +47,7 @@ CASES = [
     ("hgsc_up", "hgsc_crop.png", 171, 64, CLIP, True),  # 210x150 -> 239x171, odd offsets 54/88
     ("hgsc_down", "hgsc_crop.png", 97, 90, HALF, True),  # 210x150 -> 135x97, offsets 4 (3.5) / 22 (22.5)
     ("hgsc_jpeg", "hgsc_crop.jpg", 64, 64, CLIP, False),  # JPEG decode + downsampling
+    ("hgsc_tall", "hgsc_tall.png", 40, 32, CLIP, True),  # 60x150 -> 40x100: vertical pass first
 ]
 
 
@@ -57,6 +60,10 @@ def make_tiles():
     if not os.path.exists(png):
         src = Image.open(os.path.join(DATA, "slides", "hgsc_nest.jpg")).convert("RGB")
         src.crop((620, 700, 620 + 210, 700 + 150)).save(png, optimize=True)
+    tall = os.path.join(TILES, "hgsc_tall.png")
+    if not os.path.exists(tall):
+        src = Image.open(os.path.join(DATA, "slides", "hgsc_nest.jpg")).convert("RGB")
+        src.crop((900, 300, 900 + 60, 300 + 150)).save(tall, optimize=True)
     jpg = os.path.join(TILES, "hgsc_crop.jpg")
     if not os.path.exists(jpg):
         Image.open(png).convert("RGB").save(jpg, quality=90, subsampling=2)

@@ -52,9 +52,8 @@ def write_evil(path):
     # A protocol-2 pickle built by hand: os.system("echo pwned") via GLOBAL + REDUCE.
     pkl = b"\x80\x02" + b"cos\nsystem\n" + b"X\x0a\x00\x00\x00echo pwned" + b"\x85R."
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("evil/data.pkl", pkl)
-        z.writestr("evil/byteorder", "little")
-        z.writestr("evil/version", "3\n")
+        for name, data in [("data.pkl", pkl), ("byteorder", b"little"), ("version", b"3\n")]:
+            z.writestr(zipfile.ZipInfo("evil/" + name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
 
 def main():
@@ -65,9 +64,14 @@ def main():
                if isinstance(v, torch.Tensor)}
     save_file(tensors, os.path.join(OUT, "expected.safetensors"))
     write_evil(os.path.join(OUT, "evil.bin"))
-    # Sanity: torch refuses evil.bin under weights_only, and tiny.bin round-trips.
+    # Sanity: tiny.bin round-trips, and torch itself refuses evil.bin under weights_only.
     back = torch.load(os.path.join(OUT, "tiny.bin"), weights_only=True)
     assert set(back["state_dict"]) == set(obj["state_dict"])
+    try:
+        torch.load(os.path.join(OUT, "evil.bin"), weights_only=True)
+        raise SystemExit("torch.load(evil.bin, weights_only=True) should have failed")
+    except pickle.UnpicklingError:
+        pass
     for name in ("tiny.bin", "expected.safetensors", "evil.bin"):
         print(name, os.path.getsize(os.path.join(OUT, name)), "bytes")
 
