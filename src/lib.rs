@@ -16,6 +16,7 @@ pub mod model;
 pub mod preprocess;
 pub mod retrieval;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 pub mod zeroshot;
 

@@ -1,22 +1,22 @@
 //! Image decoding and preprocessing, exactly as the PyTorch references do it.
 //!
 //! The pipeline is the one shared by torchvision `Resize(int, BICUBIC) + CenterCrop + ToTensor +
-//! Normalize` on a PIL image, open_clip's eval transform, timm's eval transform (`Resize(floor(size /
-//! crop_pct))`) and HF's `CLIPImageProcessorPil`: decode to RGB like `Image.convert("RGB")`, resize the
-//! shortest side with a port of Pillow's `Image.resize(.., BICUBIC)` (libImaging/Resample.c: separable,
-//! horizontal pass first, antialiased support, 22-bit fixed-point coefficients, uint8 rounding and
-//! clipping after each pass), centre-crop with torchvision's offsets and zero padding, then
-//! `(x / 255 - mean) / std` in f32, CHW.
+//! Normalize` on a PIL image, open_clip's eval transform, timm's eval transform (`Resize(floor(size
+//! / crop_pct))`) and HF's `CLIPImageProcessorPil`: decode to RGB like `Image.convert("RGB")`,
+//! resize the shortest side with a port of Pillow's `Image.resize(.., BICUBIC)` (libImaging/
+//! Resample.c: separable passes in Pillow 13's order, antialiased support, 22-bit fixed-point
+//! coefficients, uint8 rounding and clipping after each pass), centre-crop with torchvision's
+//! offsets and zero padding, then `(x / 255 - mean) / std` in f32, CHW.
 //!
-//! Measured agreement (tests/preprocess.rs against tests/fixtures/preprocess_pil, made by
-//! tests/reference/check_preprocess.py with Pillow 13.0 and torchvision 0.29): the resize is
-//! bit-exact with PIL (max abs diff 0 uint8 levels) on up- and down-sampling of a Kather tile and a
-//! non-square H&E crop, and the normalised tensors equal torchvision's (max abs diff 0, cosine 1.0).
-//! JPEG decoding (zune-jpeg, via `image`) differs from PIL's libjpeg-turbo by at most a few levels on
-//! some pixels (see the `jpeg_decode_close_to_pil` test); the final tensor still has cosine > 0.9999.
-//! HF's default (torchvision-tensor) `CLIPImageProcessor` in transformers 5 resizes with
-//! `antialias=True` on tensors and floors crop offsets; it differs from PIL by up to ~2 levels
-//! (cosine 0.99999); use `CLIPImageProcessorPil` semantics, which this module reproduces.
+//! Measured agreement with Pillow 13.0 + torchvision 0.29 (tests/preprocess.rs; fixtures from
+//! tests/reference/check_preprocess.py and make_fixtures.py): the resize is bit-exact (max abs diff
+//! 0 uint8 levels) on every fixture case (up/down-sampling, non-square, tall, padded) and on 60
+//! random-shape resizes of H&E crops; the normalised tensors equal torchvision's exactly (max abs
+//! diff 0, cosine 1.0), including OpenAI CLIP 224, CONCH 448, timm crop_pct 0.875 and a TIFF tile.
+//! JPEG decoding (zune-jpeg via `image`) differs from PIL's libjpeg-turbo: max 4 levels, mean 0.32,
+//! 77% of values exact on a q90 4:2:0 crop; the final tensor then has cosine 0.99996.
+//! HF's default `CLIPImageProcessor` in transformers 5 (torchvision on tensors, antialias=True,
+//! floored crop offsets) is itself off PIL by up to ~2 levels (cosine 0.99999); we follow PIL.
 
 use std::io::Cursor;
 use std::ops::Range;
@@ -31,9 +31,11 @@ use crate::{Error, Result};
 pub const DEFAULT_MAX_PIXELS: u64 = 1 << 28;
 
 /// OpenAI CLIP normalisation mean (as Python's f64 literals rounded to f32, like torch does).
-pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.48145466_f64 as f32, 0.4578275_f64 as f32, 0.40821073_f64 as f32];
+pub const OPENAI_CLIP_MEAN: [f32; 3] =
+    [0.48145466_f64 as f32, 0.4578275_f64 as f32, 0.40821073_f64 as f32];
 /// OpenAI CLIP normalisation standard deviation.
-pub const OPENAI_CLIP_STD: [f32; 3] = [0.26862954_f64 as f32, 0.26130258_f64 as f32, 0.27577711_f64 as f32];
+pub const OPENAI_CLIP_STD: [f32; 3] =
+    [0.26862954_f64 as f32, 0.26130258_f64 as f32, 0.27577711_f64 as f32];
 /// ImageNet normalisation mean.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485_f64 as f32, 0.456_f64 as f32, 0.406_f64 as f32];
 /// ImageNet normalisation standard deviation.
@@ -51,6 +53,9 @@ pub struct PreprocessConfig {
     pub mean: [f32; 3],
     /// Per-channel standard deviation divided by after subtracting the mean.
     pub std: [f32; 3],
+    /// Centre-crop offsets rounded down, as Hugging Face's `CLIPImageProcessor` does, instead of
+    /// torchvision's round-half-to-even.
+    pub floor_crop: bool,
 }
 
 impl PreprocessConfig {
@@ -65,7 +70,7 @@ impl PreprocessConfig {
 
     /// A config from its four fields.
     pub fn new(resize: usize, crop: usize, mean: [f32; 3], std: [f32; 3]) -> Self {
-        Self { resize, crop, mean, std }
+        Self { resize, crop, mean, std, floor_crop: false }
     }
 
     /// OpenAI CLIP / open_clip / HF `CLIPImageProcessor`: resize to `size`, crop `size`, CLIP stats.
@@ -100,13 +105,24 @@ impl PreprocessConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::msg(format!("invalid preprocessing config: {m}")));
         if self.resize == 0 || self.crop == 0 {
-            return bad(format!("resize ({}) and crop ({}) must be positive", self.resize, self.crop));
+            return bad(format!(
+                "resize ({}) and crop ({}) must be positive",
+                self.resize, self.crop
+            ));
         }
         if self.crop > 1 << 15 || self.resize > 1 << 20 {
-            return bad(format!("resize {} / crop {} is implausibly large", self.resize, self.crop));
+            return bad(format!(
+                "resize {} / crop {} is implausibly large",
+                self.resize, self.crop
+            ));
         }
-        if self.mean.iter().any(|m| !m.is_finite()) || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return bad(format!("mean {:?} must be finite and std {:?} positive", self.mean, self.std));
+        if self.mean.iter().any(|m| !m.is_finite())
+            || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return bad(format!(
+                "mean {:?} must be finite and std {:?} positive",
+                self.mean, self.std
+            ));
         }
         Ok(())
     }
@@ -131,12 +147,18 @@ pub fn decode_rgb(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage>
     if bytes.is_empty() {
         return Err(Error::format(name, "empty file (0 bytes), not an image"));
     }
-    let mut reader =
-        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(name, e))?;
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::io(name, e))?;
     if reader.format().is_none() {
         match ImageFormat::from_path(name) {
             Ok(f) => reader.set_format(f),
-            Err(_) => return Err(Error::format(name, "unrecognised image format (expected PNG, JPEG or TIFF)")),
+            Err(_) => {
+                return Err(Error::format(
+                    name,
+                    "unrecognised image format (expected PNG, JPEG or TIFF)",
+                ))
+            }
         }
     }
     let fail = |e: image::ImageError| Error::format(name, format!("cannot decode image: {e}"));
@@ -164,7 +186,13 @@ pub fn decode_rgb(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage>
 
 /// PIL-like `convert("RGB")` of a decoded image (see [`decode_rgb`] for the 16-bit rule).
 fn to_rgb8(img: DynamicImage) -> Option<RgbImage> {
-    fn expand<T: Copy>(w: u32, h: u32, raw: &[T], ch: usize, f: impl Fn(T) -> u8) -> Option<RgbImage> {
+    fn expand<T: Copy>(
+        w: u32,
+        h: u32,
+        raw: &[T],
+        ch: usize,
+        f: impl Fn(T) -> u8,
+    ) -> Option<RgbImage> {
         let mut out = Vec::with_capacity(raw.len() / ch.max(1) * 3);
         for px in raw.chunks_exact(ch) {
             if ch < 3 {
@@ -259,7 +287,8 @@ impl Coeffs {
             for (x, &wx) in w.iter().enumerate().take(n) {
                 let v = if ww != 0.0 { wx / ww } else { wx };
                 let scaled = v * f64::from(1u32 << PRECISION_BITS);
-                k[i * ksize + x] = if v < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
+                k[i * ksize + x] =
+                    if v < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
             }
             bounds.push((xmin as usize, n));
         }
@@ -304,7 +333,14 @@ pub fn pillow_vertical_first(in_w: usize, in_h: usize, out_w: usize, out_h: usiz
 
 /// One horizontal pass: rows `rows` of `buf` (packed RGB, `buf_w` wide, its column 0 being source
 /// column `x0`) to output columns `cols` (with `taps` for them, or a copy when there is no pass).
-fn pass_h(buf: &[u8], buf_w: usize, x0: usize, rows: Range<usize>, taps: Option<&Coeffs>, cols: Range<usize>) -> Vec<u8> {
+fn pass_h(
+    buf: &[u8],
+    buf_w: usize,
+    x0: usize,
+    rows: Range<usize>,
+    taps: Option<&Coeffs>,
+    cols: Range<usize>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(rows.len() * cols.len() * 3);
     for r in rows {
         let line = &buf[r * buf_w * 3..(r + 1) * buf_w * 3];
@@ -325,7 +361,14 @@ fn pass_h(buf: &[u8], buf_w: usize, x0: usize, rows: Range<usize>, taps: Option<
 
 /// One vertical pass: columns `cols` of `buf` (packed RGB, `buf_w` wide, its row 0 being source row
 /// `y0`) to output rows `rows` (with `taps` for them, or a copy when there is no pass).
-fn pass_v(buf: &[u8], buf_w: usize, y0: usize, cols: Range<usize>, taps: Option<&Coeffs>, rows: Range<usize>) -> Vec<u8> {
+fn pass_v(
+    buf: &[u8],
+    buf_w: usize,
+    y0: usize,
+    cols: Range<usize>,
+    taps: Option<&Coeffs>,
+    rows: Range<usize>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(rows.len() * cols.len() * 3);
     let stride = buf_w * 3;
     for (j, yy) in rows.enumerate() {
@@ -334,7 +377,13 @@ fn pass_v(buf: &[u8], buf_w: usize, y0: usize, cols: Range<usize>, taps: Option<
                 out.push(match taps {
                     Some(t) => {
                         let (start, k) = t.taps(j);
-                        convolve(buf[(start - y0) * stride + bc * 3 + c..].iter().step_by(stride).copied(), k)
+                        convolve(
+                            buf[(start - y0) * stride + bc * 3 + c..]
+                                .iter()
+                                .step_by(stride)
+                                .copied(),
+                            k,
+                        )
                     }
                     None => buf[(yy - y0) * stride + bc * 3 + c],
                 });
@@ -347,7 +396,13 @@ fn pass_v(buf: &[u8], buf_w: usize, y0: usize, cols: Range<usize>, taps: Option<
 /// The window `cols` x `rows` of PIL's `img.resize((out_w, out_h), BICUBIC)`, as packed RGB rows.
 /// Every output pixel is computed exactly as Pillow computes it (same pass order, same fixed-point
 /// arithmetic, uint8 between passes); pixels outside the window are skipped.
-fn resize_window(img: &RgbImage, out_w: usize, out_h: usize, cols: Range<usize>, rows: Range<usize>) -> Vec<u8> {
+fn resize_window(
+    img: &RgbImage,
+    out_w: usize,
+    out_h: usize,
+    cols: Range<usize>,
+    rows: Range<usize>,
+) -> Vec<u8> {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let src = img.as_raw();
     let horiz = (out_w != in_w).then(|| Coeffs::new(in_w, out_w, cols.clone()));
@@ -384,6 +439,7 @@ pub fn center_crop_origin(len: usize, crop: usize) -> i64 {
     }
     let diff = len - crop;
     let q = diff / 2;
+    // torchvision: int(round(diff / 2.0)), where Python rounds halves to even.
     (if diff % 2 == 1 && q % 2 == 1 { q + 1 } else { q }) as i64
 }
 
@@ -394,7 +450,14 @@ pub fn center_crop_origin(len: usize, crop: usize) -> i64 {
 pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
     let crop = cfg.crop;
     let (out_w, out_h) = resized_size(img.width(), img.height(), cfg.resize);
-    let (ox, oy) = (center_crop_origin(out_w, crop), center_crop_origin(out_h, crop));
+    let origin = |len: usize| {
+        if cfg.floor_crop && len >= crop {
+            ((len - crop) / 2) as i64
+        } else {
+            center_crop_origin(len, crop)
+        }
+    };
+    let (ox, oy) = (origin(out_w), origin(out_h));
     // The part of the resized image inside the crop.
     let clip = |o: i64, len: usize| -> Range<usize> {
         let start = o.clamp(0, len as i64) as usize;
@@ -416,8 +479,13 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
             let wy = dy0 + y as i64;
             for x in 0..crop {
                 let wx = dx0 + x as i64;
-                let inside = (0..rows.len() as i64).contains(&wy) && (0..cols.len() as i64).contains(&wx);
-                let p = if inside { window[(wy as usize * cols.len() + wx as usize) * 3 + c] } else { 0 };
+                let inside =
+                    (0..rows.len() as i64).contains(&wy) && (0..cols.len() as i64).contains(&wx);
+                let p = if inside {
+                    window[(wy as usize * cols.len() + wx as usize) * 3 + c]
+                } else {
+                    0
+                };
                 // ToTensor then Normalize, both in f32 like torch.
                 out[(c * crop + y) * crop + x] = (f32::from(p) / 255.0 - m) / s;
             }

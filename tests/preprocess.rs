@@ -72,7 +72,13 @@ fn resize_matches_pil_bicubic() {
         let max = diffs.iter().copied().max().unwrap_or(0);
         let off = diffs.iter().filter(|&&d| d > 1).count();
         let exact = diffs.iter().filter(|&&d| d == 0).count() as f64 / diffs.len() as f64;
-        eprintln!("{}: {}x{} -> {w}x{h}: max diff {max} levels, {:.4}% exact", c.key, img.width(), img.height(), exact * 100.0);
+        eprintln!(
+            "{}: {}x{} -> {w}x{h}: max diff {max} levels, {:.4}% exact",
+            c.key,
+            img.width(),
+            img.height(),
+            exact * 100.0
+        );
         assert!(off as f64 <= 0.001 * diffs.len() as f64, "{}: {off} values off by > 1", c.key);
         // The port is bit-exact with Pillow's Resample.c.
         assert_eq!(max, 0, "{}: not bit-exact with PIL", c.key);
@@ -149,13 +155,16 @@ fn sizes_and_offsets_follow_torchvision() {
     assert_eq!(resized_size(224, 224, 256), (256, 256));
     assert_eq!(resized_size(0, 10, 224), (0, 0));
     // int(round(diff / 2.0)): halves round to even.
-    let got: Vec<i64> = [0, 1, 2, 3, 5, 7, 13, 45].iter().map(|&d| center_crop_origin(90 + d, 90)).collect();
+    let got: Vec<i64> =
+        [0, 1, 2, 3, 5, 7, 13, 45].iter().map(|&d| center_crop_origin(90 + d, 90)).collect();
     assert_eq!(got, [0, 0, 1, 2, 2, 4, 6, 22]);
     assert_eq!(center_crop_origin(64, 80), -8);
     assert_eq!(center_crop_origin(63, 80), -8);
     let timm = |p| PreprocessConfig::from_crop_pct(224, p, IMAGENET_MEAN, IMAGENET_STD).resize;
     assert_eq!((timm(0.875), timm(0.9), timm(0.95), timm(1.0)), (256, 248, 235, 224));
-    assert!(PreprocessConfig::from_crop_pct(224, 0.0, IMAGENET_MEAN, IMAGENET_STD).validate().is_err());
+    assert!(PreprocessConfig::from_crop_pct(224, 0.0, IMAGENET_MEAN, IMAGENET_STD)
+        .validate()
+        .is_err());
     assert!(PreprocessConfig::openai_clip(0).validate().is_err());
     assert!(PreprocessConfig::new(224, 224, [0.5; 3], [0.5, 0.0, 0.5]).validate().is_err());
     assert!(PreprocessConfig::half(224).validate().is_ok());
@@ -209,29 +218,50 @@ fn decodes_rgba_gray_16bit_tiff_like_pil() {
         let [r, g, b] = pattern(x, y);
         Rgba([r, g, b, (x * 19) as u8])
     });
-    let got = decode_rgb(&encode(image::DynamicImage::ImageRgba8(rgba), ImageFormat::Png), "a.png", DEFAULT_MAX_PIXELS);
+    let got = decode_rgb(
+        &encode(image::DynamicImage::ImageRgba8(rgba), ImageFormat::Png),
+        "a.png",
+        DEFAULT_MAX_PIXELS,
+    );
     assert_eq!(got.unwrap(), rgb, "RGBA: alpha dropped, not composited");
-    let tif = decode_rgb(&encode(rgb.clone(), ImageFormat::Tiff), "a.tif", DEFAULT_MAX_PIXELS).unwrap();
+    let tif =
+        decode_rgb(&encode(rgb.clone(), ImageFormat::Tiff), "a.tif", DEFAULT_MAX_PIXELS).unwrap();
     assert_eq!(tif, rgb, "TIFF");
 
     let gray = ImageBuffer::from_fn(5, 4, |x, y| Luma([(x * 50 + y) as u8]));
-    let got = decode_rgb(&encode(gray.clone(), ImageFormat::Png), "g.png", DEFAULT_MAX_PIXELS).unwrap();
+    let got =
+        decode_rgb(&encode(gray.clone(), ImageFormat::Png), "g.png", DEFAULT_MAX_PIXELS).unwrap();
     assert!(got.enumerate_pixels().all(|(x, y, p)| p.0 == [gray.get_pixel(x, y).0[0]; 3]));
     let la = ImageBuffer::from_fn(5, 4, |x, y| LumaA([(x * 50 + y) as u8, 9]));
-    let got = decode_rgb(&encode(image::DynamicImage::ImageLumaA8(la), ImageFormat::Png), "la.png", DEFAULT_MAX_PIXELS);
+    let got = decode_rgb(
+        &encode(image::DynamicImage::ImageLumaA8(la), ImageFormat::Png),
+        "la.png",
+        DEFAULT_MAX_PIXELS,
+    );
     assert!(got.unwrap().enumerate_pixels().all(|(x, y, p)| p.0 == [gray.get_pixel(x, y).0[0]; 3]));
 
     // 16-bit: the high byte (v >> 8), as PIL does for 16-bit RGB PNGs.
     let vals = [0u16, 255, 256, 383, 32767, 32768, 65279, 65407, 65535];
     let hi: Vec<u8> = vals.iter().map(|v| (v >> 8) as u8).collect();
     let rgb16 = ImageBuffer::from_fn(vals.len() as u32, 1, |x, _| Rgb([vals[x as usize]; 3]));
-    let got = decode_rgb(&encode(image::DynamicImage::ImageRgb16(rgb16), ImageFormat::Png), "c16.png", u64::MAX).unwrap();
+    let got = decode_rgb(
+        &encode(image::DynamicImage::ImageRgb16(rgb16), ImageFormat::Png),
+        "c16.png",
+        u64::MAX,
+    )
+    .unwrap();
     assert_eq!(got.pixels().map(|p| p.0[1]).collect::<Vec<_>>(), hi);
     let l16 = ImageBuffer::from_fn(vals.len() as u32, 1, |x, _| Luma([vals[x as usize]]));
-    let got = decode_rgb(&encode(image::DynamicImage::ImageLuma16(l16), ImageFormat::Png), "g16.png", u64::MAX).unwrap();
+    let got = decode_rgb(
+        &encode(image::DynamicImage::ImageLuma16(l16), ImageFormat::Png),
+        "g16.png",
+        u64::MAX,
+    )
+    .unwrap();
     assert_eq!(got.pixels().map(|p| p.0[2]).collect::<Vec<_>>(), hi);
 
-    let jpg = decode_rgb(&encode(rgb.clone(), ImageFormat::Jpeg), "noext", DEFAULT_MAX_PIXELS).unwrap();
+    let jpg =
+        decode_rgb(&encode(rgb.clone(), ImageFormat::Jpeg), "noext", DEFAULT_MAX_PIXELS).unwrap();
     assert_eq!(jpg.dimensions(), (13, 7));
 }
 

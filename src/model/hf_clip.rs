@@ -132,6 +132,7 @@ fn activation(name: &str, file: &str) -> Result<Activation> {
 /// Image preprocessing from `preprocessor_config.json`, or OpenAI CLIP's at the config's size.
 fn preprocess(files: &ModelFiles, image_size: usize) -> Result<PreprocessConfig> {
     let mut cfg = PreprocessConfig::openai_clip(image_size);
+    cfg.floor_crop = true;
     if !files.has("preprocessor_config.json") {
         return Ok(cfg);
     }

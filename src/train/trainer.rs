@@ -1,0 +1,174 @@
+//! The training loop shared by CLIP-IT and the baselines: Adam, global gradient clipping,
+//! validation every N steps, the best checkpoint by validation loss, metrics as JSONL, and a
+//! clean stop on a non-finite loss.
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::heads::{clipit_loss, cross_entropy, ClipItModel};
+use super::optim::{adam, clip_global_norm, cosine_lr};
+use crate::{Error, Result};
+
+/// Hyperparameters; the defaults are the paper's (official code's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Adam (L2) weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (`None`: no clipping).
+    pub grad_clip: Option<f64>,
+    /// Weight λ of the distillation loss.
+    pub lambda: f64,
+    /// Reproduce the official code's CE over softmax probabilities.
+    pub paper_compat: bool,
+    /// Seed for initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// Validate every this many steps (0: once per epoch).
+    pub val_every: usize,
+    /// Cosine schedule (T_max 12,500 steps, eta_min 1e-4, as the official `--scheduler 1`).
+    pub cosine: bool,
+    /// Stop after this many steps in total (for quick runs and tests).
+    pub max_steps: Option<usize>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            batch_size: 64,
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            grad_clip: Some(0.5),
+            lambda: 1.0,
+            paper_compat: false,
+            seed: 0,
+            val_every: 0,
+            cosine: false,
+            max_steps: None,
+        }
+    }
+}
+
+/// One logged training step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepLog {
+    /// Global step, from 1.
+    pub step: usize,
+    /// Epoch, from 0.
+    pub epoch: usize,
+    /// Total loss.
+    pub loss: f64,
+    /// Cross-entropy part.
+    pub ce: f64,
+    /// Distillation part (0 for baselines).
+    pub kd: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// A training batch already on the model's (autodiff) device.
+pub struct TrainBatch {
+    /// Normalised pixels `[n, 3, s, s]`.
+    pub pixels: Tensor<4>,
+    /// Class indices `[n]`.
+    pub labels: Tensor<1, Int>,
+    /// Text targets `[n, d_t]` (CLIP-IT only).
+    pub text_targets: Option<Tensor<2>>,
+}
+
+impl TrainBatch {
+    /// Builds a batch from host data.
+    pub fn from_host(pixels: Vec<f32>, size: usize, labels: &[usize], text_targets: Option<(Vec<f32>, usize)>, device: &burn::tensor::Device) -> Self {
+        let n = labels.len();
+        let pixels = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device);
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]), device);
+        let text_targets = text_targets.map(|(v, d)| Tensor::<2>::from_data(TensorData::new(v, [n, d]), device));
+        Self { pixels, labels, text_targets }
+    }
+}
+
+/// The loss of one batch, as a differentiable total plus its logged parts.
+pub struct LossParts {
+    /// Differentiable total.
+    pub total: Tensor<1>,
+    /// Cross-entropy (detached, for logging).
+    pub ce: Tensor<1>,
+    /// Distillation (detached, for logging).
+    pub kd: Option<Tensor<1>>,
+}
+
+/// CLIP-IT's loss on a batch: CE on the fused logits + λ·(1 − cos(t̂, t)).
+pub fn clipit_batch_loss(model: &ClipItModel, batch: &TrainBatch, opts: &TrainOptions) -> Result<LossParts> {
+    let targets = batch.text_targets.clone().ok_or_else(|| Error::msg("CLIP-IT needs text targets"))?;
+    let out = model.forward(batch.pixels.clone());
+    let ce = cross_entropy(out.logits.clone(), batch.labels.clone(), opts.paper_compat);
+    let total = clipit_loss(&out, batch.labels.clone(), targets, opts.lambda, opts.paper_compat);
+    let kd = total.clone().detach() - ce.clone().detach();
+    Ok(LossParts { total, ce: ce.detach(), kd: Some(kd) })
+}
+
+/// Vision-only loss (linear probe and vision baselines): CE on h_v's logits.
+pub fn vision_batch_loss(model: &ClipItModel, batch: &TrainBatch, opts: &TrainOptions) -> Result<LossParts> {
+    let logits = model.heads.h_v.forward(model.backbone.forward(batch.pixels.clone()));
+    let ce = cross_entropy(logits, batch.labels.clone(), opts.paper_compat);
+    Ok(LossParts { total: ce.clone(), ce: ce.detach(), kd: None })
+}
+
+/// Holds the model and optimiser between steps.
+pub struct Trainer<M: Module> {
+    /// The model being trained (on an autodiff device).
+    pub model: M,
+    /// Adam and its state.
+    pub optim: ModuleOptimizer,
+    /// Options.
+    pub opts: TrainOptions,
+    /// Steps done so far.
+    pub step: usize,
+}
+
+impl<M: Module> Trainer<M> {
+    /// A trainer starting at step 0.
+    pub fn new(model: M, opts: TrainOptions) -> Self {
+        let optim = adam(opts.weight_decay);
+        Self { model, optim, opts, step: 0 }
+    }
+
+    /// The learning rate for the next step.
+    pub fn current_lr(&self) -> f64 {
+        if self.opts.cosine {
+            cosine_lr(self.opts.lr, 1e-4, self.step, 12_500)
+        } else {
+            self.opts.lr
+        }
+    }
+
+    /// One optimisation step. A non-finite loss stops training with an error naming the step,
+    /// leaving the model as it was before the step.
+    pub fn step(&mut self, epoch: usize, loss: impl FnOnce(&M) -> Result<LossParts>) -> Result<StepLog> {
+        let parts = loss(&self.model)?;
+        let value = f64::from(parts.total.clone().detach().into_scalar::<f32>());
+        if !value.is_finite() {
+            return Err(Error::msg(format!(
+                "loss is {value} at step {}: training stopped; the last checkpoint is kept",
+                self.step + 1
+            )));
+        }
+        let grads = GradientsParams::from_grads(parts.total.backward(), &self.model);
+        let (grads, grad_norm) = clip_global_norm(&self.model, grads, self.opts.grad_clip);
+        let lr = self.current_lr();
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        self.step += 1;
+        let ce = f64::from(parts.ce.into_scalar::<f32>());
+        let kd = parts.kd.map_or(0.0, |k| f64::from(k.into_scalar::<f32>()));
+        Ok(StepLog { step: self.step, epoch, loss: value, ce, kd, grad_norm, lr })
+    }
+}
