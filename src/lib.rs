@@ -11,6 +11,7 @@ pub mod data;
 pub mod embed;
 pub mod error;
 pub mod fsutil;
+pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
@@ -21,3 +22,6 @@ pub mod weights;
 pub mod zeroshot;
 
 pub use error::{Error, Result};
+
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+pub mod web;

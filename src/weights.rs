@@ -7,16 +7,16 @@
 //! checking each shape against the one the config implies.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
-use crate::model::nn::LayerNorm;
+use crate::model::nn::{LayerNorm, SplitQkv};
 use crate::{Error, Result};
 
 /// Largest header we accept (the real ones are well under 1 MB).
@@ -275,16 +275,65 @@ pub enum WeightSource {
 ///
 /// Records which tensors were used, so callers can report the ones a checkpoint carries but the
 /// model ignores.
+///
+/// Every parameter built through its methods is also recorded in a [`ParamNames`] map (its
+/// checkpoint name, the kind of PyTorch module it belongs to and how Burn lays it out), which
+/// LoRA uses to pick the same targets as peft and to name adapters as peft does.
 pub struct Loader {
     source: WeightSource,
     device: Device,
     used: RefCell<HashSet<String>>,
+    names: RefCell<ParamNames>,
 }
 
 impl Loader {
     /// A loader over `source` that creates tensors on `device`.
     pub fn new(source: WeightSource, device: &Device) -> Self {
-        Self { source, device: device.clone(), used: RefCell::new(HashSet::new()) }
+        Self {
+            source,
+            device: device.clone(),
+            used: RefCell::new(HashSet::new()),
+            names: RefCell::new(ParamNames::default()),
+        }
+    }
+
+    /// The names of every parameter built so far (see [`ParamNames`]).
+    pub fn param_names(&self) -> ParamNames {
+        self.names.borrow().clone()
+    }
+
+    /// Records where a parameter came from.
+    pub fn record<const D: usize>(&self, param: &Param<Tensor<D>>, info: ParamInfo) {
+        self.names.borrow_mut().insert(param.id, info);
+    }
+
+    /// A bare tensor parameter `name` of `shape` (an `nn.Parameter`, or the weight table of an
+    /// `nn.Embedding` used by index, per `kind`), recorded under its name.
+    pub fn param<const D: usize>(&self, name: &str, shape: [usize; D], kind: ParamKind) -> Result<Param<Tensor<D>>> {
+        let param = Param::from_tensor(self.tensor(name, shape)?);
+        self.record(&param, ParamInfo::new(name, kind, Layout::Same, &shape));
+        Ok(param)
+    }
+
+    /// Like [`Loader::param`] for a tensor stored as `stored` and used as `shape` (same element
+    /// order), e.g. timm's `cls_token` `[1, 1, d]` used as `[d]`.
+    pub fn param_reshaped<const S: usize, const D: usize>(
+        &self,
+        name: &str,
+        stored: [usize; S],
+        shape: [usize; D],
+        kind: ParamKind,
+    ) -> Result<Param<Tensor<D>>> {
+        let param = Param::from_tensor(self.tensor::<S>(name, stored)?.reshape(shape));
+        self.record(&param, ParamInfo::new(name, kind, Layout::Reshaped, &stored));
+        Ok(param)
+    }
+
+    /// Like [`Loader::param`] but filled with `fill` under random init (LayerScale gammas).
+    pub fn param_or_fill<const D: usize>(&self, name: &str, shape: [usize; D], fill: f32, kind: ParamKind) -> Result<Param<Tensor<D>>> {
+        let param = Param::from_tensor(self.tensor_or_fill(name, shape, fill)?);
+        self.record(&param, ParamInfo::new(name, kind, Layout::Same, &shape));
+        Ok(param)
     }
 
     /// The device tensors are created on.
@@ -365,10 +414,25 @@ impl Loader {
     }
 
     /// A PyTorch `nn.Linear` stored as `{name}.weight` `[out, in]` and optionally `{name}.bias`.
+    ///
+    /// Recorded as [`ParamKind::Linear`], or [`ParamKind::MhaOutProj`] when it is the `out_proj`
+    /// of a PyTorch `nn.MultiheadAttention` (the checkpoint holds a sibling `in_proj_weight`,
+    /// `in_proj_bias` or `q_proj_weight`).
     pub fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
         let weight = self.tensor::<2>(&format!("{name}.weight"), [d_out, d_in])?;
         let bias = if bias { Some(self.tensor::<1>(&format!("{name}.bias"), [d_out])?) } else { None };
-        Ok(linear_from_torch(weight, bias))
+        let linear = linear_from_torch(weight, bias);
+        let kind = match name.strip_suffix(".out_proj") {
+            Some(mha) if ["in_proj_weight", "in_proj_bias", "q_proj_weight"].iter().any(|t| self.contains(&format!("{mha}.{t}"))) => {
+                ParamKind::MhaOutProj
+            }
+            _ => ParamKind::Linear,
+        };
+        self.record(&linear.weight, ParamInfo::new(&format!("{name}.weight"), kind, Layout::Transposed, &[d_out, d_in]));
+        if let Some(b) = &linear.bias {
+            self.record(b, ParamInfo::new(&format!("{name}.bias"), ParamKind::Bias, Layout::Same, &[d_out]));
+        }
+        Ok(linear)
     }
 
     /// A linear layer whose bias is optional in the checkpoint (present → used).
@@ -378,22 +442,221 @@ impl Loader {
     }
 
     /// A projection stored as a bare `[in, out]` matrix used as `x @ proj` (open_clip style).
+    /// Recorded as a bare [`ParamKind::Parameter`] (peft cannot adapt it).
     pub fn projection(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
-        let weight = self.tensor::<2>(name, [d_in, d_out])?;
-        Ok(Linear { weight: Param::from_tensor(weight), bias: None })
+        Ok(Linear { weight: self.param(name, [d_in, d_out], ParamKind::Parameter)?, bias: None })
     }
 
     /// A LayerNorm stored as `{name}.weight` and `{name}.bias`.
     pub fn layer_norm(&self, name: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
         let gamma = self.tensor_or_fill::<1>(&format!("{name}.weight"), [dim], 1.0)?;
         let beta = self.tensor_or_fill::<1>(&format!("{name}.bias"), [dim], 0.0)?;
-        Ok(LayerNorm::new(gamma, beta, eps))
+        let norm = LayerNorm::new(gamma, beta, eps);
+        self.record(&norm.gamma, ParamInfo::new(&format!("{name}.weight"), ParamKind::Norm, Layout::Same, &[dim]));
+        self.record(&norm.beta, ParamInfo::new(&format!("{name}.bias"), ParamKind::Norm, Layout::Same, &[dim]));
+        Ok(norm)
     }
 
     /// An `nn.Embedding` stored as `{name}.weight` `[num, dim]`.
     pub fn embedding(&self, name: &str, num: usize, dim: usize) -> Result<Embedding> {
-        let weight = self.tensor::<2>(&format!("{name}.weight"), [num, dim])?;
-        Ok(Embedding { weight: Param::from_tensor(weight) })
+        Ok(Embedding { weight: self.param(&format!("{name}.weight"), [num, dim], ParamKind::Embedding)? })
+    }
+
+    /// A stride-`patch` `nn.Conv2d` patch embedding stored as a `[dim, channels, patch, patch]`
+    /// kernel (+ optional bias), built as a linear layer over flattened `(channel, row, col)`
+    /// patches: the weight is the kernel reshaped to `[dim, channels·patch²]` and transposed.
+    pub fn conv_patch_embed(&self, weight: &str, bias: Option<&str>, dim: usize, channels: usize, patch: usize) -> Result<Linear> {
+        let kernel = [dim, channels, patch, patch];
+        let w = self.tensor::<4>(weight, kernel)?.reshape([dim, channels * patch * patch]);
+        let b = bias.map(|name| self.tensor::<1>(name, [dim])).transpose()?;
+        let linear = linear_from_torch(w, b);
+        self.record(&linear.weight, ParamInfo::new(weight, ParamKind::Conv2d, Layout::ConvAsLinear, &kernel));
+        if let (Some(b), Some(name)) = (&linear.bias, bias) {
+            self.record(b, ParamInfo::new(name, ParamKind::Bias, Layout::Same, &[dim]));
+        }
+        Ok(linear)
+    }
+
+    /// The fused input projection of a PyTorch `nn.MultiheadAttention` named `prefix`
+    /// (`{prefix}.in_proj_weight` `[3·dim, dim]` and `{prefix}.in_proj_bias`), as one linear
+    /// layer whose output splits into q, k, v. Bare parameters in PyTorch: peft cannot adapt them.
+    pub fn mha_in_proj(&self, prefix: &str, dim: usize) -> Result<Linear> {
+        let (wn, bn) = (format!("{prefix}.in_proj_weight"), format!("{prefix}.in_proj_bias"));
+        let linear = linear_from_torch(self.tensor::<2>(&wn, [3 * dim, dim])?, Some(self.tensor::<1>(&bn, [3 * dim])?));
+        self.record(&linear.weight, ParamInfo::new(&wn, ParamKind::Parameter, Layout::Transposed, &[3 * dim, dim]));
+        if let Some(b) = &linear.bias {
+            self.record(b, ParamInfo::new(&bn, ParamKind::Parameter, Layout::Same, &[3 * dim]));
+        }
+        Ok(linear)
+    }
+
+    /// The q, k, v projections of a PyTorch `nn.MultiheadAttention` named `prefix` whose keys
+    /// and values have width `kdim`: from `{prefix}.in_proj_weight` `[3·dim, dim]` when present
+    /// (`kdim == dim`), else from `{prefix}.{q,k,v}_proj_weight`; biases from
+    /// `{prefix}.in_proj_bias` `[3·dim]`. Bare parameters in PyTorch: peft cannot adapt them.
+    pub fn mha_split_qkv(&self, prefix: &str, dim: usize, kdim: usize) -> Result<SplitQkv> {
+        let fused = format!("{prefix}.in_proj_weight");
+        let bias_name = format!("{prefix}.in_proj_bias");
+        let mut b = self.tensor::<1>(&bias_name, [3 * dim])?.chunk(3, 0).into_iter();
+        let mut part = |i: usize, width: usize, own: &str| -> Result<Linear> {
+            let bias = b.next().expect("3 chunks");
+            let (w, info) = if self.contains(&fused) {
+                let w = self.tensor::<2>(&fused, [3 * dim, dim])?.narrow(0, i * dim, dim);
+                (w, ParamInfo::new(&fused, ParamKind::Parameter, Layout::TransposedRows { start: i * dim, len: dim }, &[3 * dim, dim]))
+            } else {
+                let name = format!("{prefix}.{own}");
+                (self.tensor::<2>(&name, [dim, width])?, ParamInfo::new(&name, ParamKind::Parameter, Layout::Transposed, &[dim, width]))
+            };
+            let linear = linear_from_torch(w, Some(bias));
+            self.record(&linear.weight, info);
+            if let Some(bias) = &linear.bias {
+                let layout = Layout::Slice { start: i * dim, len: dim };
+                self.record(bias, ParamInfo::new(&bias_name, ParamKind::Parameter, layout, &[3 * dim]));
+            }
+            Ok(linear)
+        };
+        Ok(SplitQkv { q: part(0, dim, "q_proj_weight")?, k: part(1, kdim, "k_proj_weight")?, v: part(2, kdim, "v_proj_weight")? })
+    }
+}
+
+/// What a parameter is in the original PyTorch model, which decides whether peft's
+/// `LoraConfig(target_modules=...)` can adapt it: only the weights of `nn.Linear`,
+/// `nn.Embedding` and `nn.Conv2d` modules can be targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ParamKind {
+    /// The weight of an `nn.Linear`.
+    Linear,
+    /// The weight of the `out_proj` of an `nn.MultiheadAttention` (open_clip and CONCH). peft
+    /// wraps it like any `nn.Linear`, but the attention reads `out_proj.weight` directly, so the
+    /// adapter never changes peft's forward pass (nor gets a gradient) until it is merged.
+    MhaOutProj,
+    /// The weight table of an `nn.Embedding` (token embeddings; HF CLIP position embeddings).
+    Embedding,
+    /// The kernel of an `nn.Conv2d` (the patch embedding).
+    Conv2d,
+    /// The bias of a layer.
+    Bias,
+    /// A bare `nn.Parameter` (open_clip `in_proj_weight`, `proj`, `positional_embedding`,
+    /// class tokens, CONCH pooler projections...).
+    Parameter,
+    /// A LayerNorm weight or bias, or a LayerScale gamma.
+    Norm,
+}
+
+impl ParamKind {
+    /// Whether this is the weight of a module that peft can wrap with LoRA.
+    pub fn is_module_weight(self) -> bool {
+        matches!(self, Self::Linear | Self::MhaOutProj | Self::Embedding | Self::Conv2d)
+    }
+}
+
+/// How a Burn parameter is laid out relative to its checkpoint tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Layout {
+    /// Same shape, same order.
+    Same,
+    /// Burn `[in, out]` is the transpose of the PyTorch `[out, in]` linear weight.
+    Transposed,
+    /// Burn `[c·kh·kw, out]` is the PyTorch `[out, c, kh, kw]` kernel reshaped to
+    /// `[out, c·kh·kw]`, then transposed.
+    ConvAsLinear,
+    /// Same element order, other shape.
+    Reshaped,
+    /// Rows `start..start + len` of the PyTorch `[rows, in]` matrix, transposed.
+    TransposedRows {
+        /// First row.
+        start: usize,
+        /// Number of rows.
+        len: usize,
+    },
+    /// Elements `start..start + len` of the PyTorch vector.
+    Slice {
+        /// First element.
+        start: usize,
+        /// Number of elements.
+        len: usize,
+    },
+}
+
+/// Where one Burn parameter comes from in the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParamInfo {
+    /// The checkpoint tensor's name, e.g. `blocks.0.attn.qkv.weight`.
+    pub tensor: String,
+    /// What the tensor is in the PyTorch model.
+    pub kind: ParamKind,
+    /// How the Burn tensor relates to the checkpoint tensor.
+    pub layout: Layout,
+    /// The checkpoint tensor's shape.
+    pub torch_shape: Vec<usize>,
+}
+
+impl ParamInfo {
+    /// A record for `tensor` of checkpoint shape `torch_shape`.
+    pub fn new(tensor: &str, kind: ParamKind, layout: Layout, torch_shape: &[usize]) -> Self {
+        Self { tensor: tensor.to_string(), kind, layout, torch_shape: torch_shape.to_vec() }
+    }
+
+    /// The PyTorch module name: the tensor name without its trailing `.weight` / `.bias` for
+    /// module weights and biases (`blocks.0.attn.qkv`), the tensor name itself otherwise.
+    pub fn module(&self) -> &str {
+        match self.kind {
+            ParamKind::Parameter => &self.tensor,
+            _ => self.tensor.strip_suffix(".weight").or_else(|| self.tensor.strip_suffix(".bias")).unwrap_or(&self.tensor),
+        }
+    }
+}
+
+/// For each parameter a loader built (by [`ParamId`]), where it comes from in the checkpoint.
+///
+/// Parameter ids are unique per process and survive cloning, device moves, autodiff, LoRA and
+/// merging, so one map serves a model through its whole life. Parameters created elsewhere (new
+/// heads, for instance) have no entry unless registered with [`ParamNames::insert`] or
+/// [`ParamNames::register_linear`].
+#[derive(Debug, Clone, Default)]
+pub struct ParamNames {
+    by_id: HashMap<ParamId, ParamInfo>,
+}
+
+impl ParamNames {
+    /// Where the parameter `id` comes from, if recorded.
+    pub fn get(&self, id: ParamId) -> Option<&ParamInfo> {
+        self.by_id.get(&id)
+    }
+
+    /// Records (or replaces) the entry of `id`.
+    pub fn insert(&mut self, id: ParamId, info: ParamInfo) {
+        self.by_id.insert(id, info);
+    }
+
+    /// Registers a Burn `Linear` (`[in, out]` weight) as the PyTorch `nn.Linear` named `module`,
+    /// e.g. a classification head, so that LoRA can target it and name it.
+    pub fn register_linear(&mut self, linear: &Linear, module: &str) {
+        let [d_in, d_out] = linear.weight.val().dims();
+        self.insert(linear.weight.id, ParamInfo::new(&format!("{module}.weight"), ParamKind::Linear, Layout::Transposed, &[d_out, d_in]));
+        if let Some(b) = &linear.bias {
+            self.insert(b.id, ParamInfo::new(&format!("{module}.bias"), ParamKind::Bias, Layout::Same, &[d_out]));
+        }
+    }
+
+    /// Adds every entry of `other`.
+    pub fn extend(&mut self, other: ParamNames) {
+        self.by_id.extend(other.by_id);
+    }
+
+    /// Number of recorded parameters.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ParamId, &ParamInfo)> {
+        self.by_id.iter()
     }
 }
 

@@ -220,7 +220,7 @@ pub fn zero_shot(args: &ModelArgs, images: &Path, classes: &[String], templates:
     Ok(())
 }
 
-fn csv_field(s: &str) -> String {
+pub(super) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

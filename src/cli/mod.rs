@@ -1,6 +1,7 @@
 //! Command-line parsing and the commands.
 
 mod commands;
+mod train;
 
 use std::path::PathBuf;
 
@@ -90,6 +91,32 @@ enum Command {
         /// Output `.safetensors`.
         output: PathBuf,
     },
+    /// Train CLIP-IT or a baseline on labelled images; writes a run folder.
+    Train(Box<train::TrainArgs>),
+    /// Evaluate a run on a labelled ImageFolder.
+    Eval {
+        /// Run folder written by `clipit train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Labelled images (one sub-folder per class).
+        #[arg(long)]
+        data: PathBuf,
+        /// Print one JSON object (balanced_accuracy, accuracy, macro_f1, auroc, confusion_matrix).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify images with a trained run (vision only) and write a CSV.
+    Classify {
+        /// Run folder written by `clipit train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Folder of images (searched recursively).
+        #[arg(long)]
+        images: PathBuf,
+        /// Output CSV: image, prediction, one probability per class.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Describe a checkpoint folder: architecture, parameters, dimensions, preprocessing.
     Info {
         /// Checkpoint folder.
@@ -111,6 +138,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Convert { input, output } => commands::convert(&input, &output),
         Command::Info { model } => commands::info(&model),
+        Command::Train(args) => train::train(&args),
+        Command::Eval { run, data, json } => train::eval(&run, &data, json),
+        Command::Classify { run, images, out } => train::classify(&run, &images, &out),
     }
 }
 

@@ -6,7 +6,6 @@
 //! `model.safetensors` (convert CONCH's `pytorch_model.bin` with `clipit convert`) and CONCH's
 //! `tokenizer.json` (`conch_byte_level_bpe_uncased.json`).
 
-use burn::module::Param;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -18,7 +17,7 @@ use super::timm::{load_trunk, VitArgs};
 use super::vit::AttentionalPooler;
 use super::{parse_config, Architecture, Model};
 use crate::tokenizer::TextTokenizer;
-use crate::weights::{Loader, WeightSource};
+use crate::weights::{Loader, ParamKind, WeightSource};
 use crate::{Error, Result};
 
 /// CONCH's `vision_cfg` (`CoCaVisionCfg`), with its defaults.
@@ -155,8 +154,8 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     };
     let text = TextTransformer {
         token_embedding: l.embedding("text.token_embedding", t.vocab_size, t.width)?,
-        pos_embed: Param::from_tensor(l.tensor::<2>("text.positional_embedding", [t.context_length, t.width])?),
-        cls_emb: Some(Param::from_tensor(l.tensor::<1>("text.cls_emb", [t.width])?)),
+        pos_embed: l.param("text.positional_embedding", [t.context_length, t.width], ParamKind::Parameter)?,
+        cls_emb: Some(l.param("text.cls_emb", [t.width], ParamKind::Parameter)?),
         blocks: load_blocks(&l, "text.transformer.resblocks", t.layers, &tspec)?,
         ln_final: l.layer_norm("text.ln_final", t.width, 1e-5)?,
         proj: l.projection("text.text_projection", t.width, e)?,
@@ -180,6 +179,7 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         logit_scale,
         tokenizer: Some(tokenizer),
         ignored_tensors: l.unused(),
+        params: l.param_names(),
         vision,
         text: Some(text),
     })

@@ -11,7 +11,7 @@ use super::vit::{Geometry, VisionTransformer};
 use super::{parse_config, Architecture, Model};
 use crate::preprocess::PreprocessConfig;
 use crate::tokenizer::TextTokenizer;
-use crate::weights::{Loader, WeightSource};
+use crate::weights::{Loader, ParamKind, WeightSource};
 use crate::{Error, Result};
 
 /// `text_config` of a `CLIPConfig`, with transformers' defaults.
@@ -190,9 +190,9 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     };
     let vision = VisionTransformer {
         patch_embed: VisionTransformer::load_patch_embed(&l, "vision_model.embeddings.patch_embedding.weight", None, v.hidden_size, v.patch_size)?,
-        cls_token: Some(burn::module::Param::from_tensor(l.tensor::<1>("vision_model.embeddings.class_embedding", [v.hidden_size])?)),
+        cls_token: Some(l.param("vision_model.embeddings.class_embedding", [v.hidden_size], ParamKind::Parameter)?),
         reg_tokens: None,
-        pos_embed: burn::module::Param::from_tensor(l.tensor::<2>(pos_name, [n_pos, v.hidden_size])?),
+        pos_embed: l.param(pos_name, [n_pos, v.hidden_size], ParamKind::Embedding)?,
         norm_pre: Some(l.layer_norm("vision_model.pre_layrnorm", v.hidden_size, v.layer_norm_eps)?),
         blocks: load_blocks(&l, "vision_model.encoder.layers", v.num_hidden_layers, &vspec)?,
         norm: None,
@@ -214,9 +214,7 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     let pooling = if t.eos_token_id == 2 { TextPooling::Argmax } else { TextPooling::FirstId(t.eos_token_id) };
     let text = TextTransformer {
         token_embedding: l.embedding("text_model.embeddings.token_embedding", t.vocab_size, t.hidden_size)?,
-        pos_embed: burn::module::Param::from_tensor(
-            l.tensor::<2>("text_model.embeddings.position_embedding.weight", [t.max_position_embeddings, t.hidden_size])?,
-        ),
+        pos_embed: l.param("text_model.embeddings.position_embedding.weight", [t.max_position_embeddings, t.hidden_size], ParamKind::Embedding)?,
         cls_emb: None,
         blocks: load_blocks(&l, "text_model.encoder.layers", t.num_hidden_layers, &tspec)?,
         ln_final: l.layer_norm("text_model.final_layer_norm", t.hidden_size, t.layer_norm_eps)?,
@@ -239,6 +237,7 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         logit_scale,
         tokenizer: Some(tokenizer),
         ignored_tensors: l.unused(),
+        params: l.param_names(),
         vision,
         text: Some(text),
     })

@@ -25,7 +25,7 @@ use vit::VisionTransformer;
 
 use crate::preprocess::PreprocessConfig;
 use crate::tokenizer::TextTokenizer;
-use crate::weights::WeightSource;
+use crate::weights::{ParamNames, WeightSource};
 use crate::{Error, Result};
 
 /// The checkpoint formats clipit reads.
@@ -78,6 +78,9 @@ pub struct Model {
     pub embed_dim: usize,
     /// Checkpoint tensors the model does not use (e.g. CONCH's caption decoder).
     pub ignored_tensors: Vec<String>,
+    /// Where each parameter of `vision` and `text` comes from in the checkpoint (name, PyTorch
+    /// module kind, layout), by parameter id; LoRA uses it to choose peft's targets.
+    pub params: ParamNames,
 }
 
 impl Model {

@@ -8,7 +8,7 @@ use burn::tensor::module::{attention, layer_norm};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Bool, Tensor};
 
-use crate::weights::{linear_from_torch, Loader};
+use crate::weights::{Loader, ParamKind};
 use crate::Result;
 
 /// Layer normalisation over the last dimension, with PyTorch's epsilon.
@@ -239,18 +239,14 @@ pub fn load_block(l: &Loader, p: &str, spec: &BlockSpec) -> Result<Block> {
             k: l.linear(&format!("{p}.self_attn.k_proj"), dim, dim, true)?,
             v: l.linear(&format!("{p}.self_attn.v_proj"), dim, dim, true)?,
         }),
-        Naming::OpenClip => {
-            let w = l.tensor::<2>(&format!("{p}.attn.in_proj_weight"), [3 * dim, dim])?;
-            let b = l.tensor::<1>(&format!("{p}.attn.in_proj_bias"), [3 * dim])?;
-            QkvProjection::Fused(linear_from_torch(w, Some(b)))
-        }
+        Naming::OpenClip => QkvProjection::Fused(l.mha_in_proj(&format!("{p}.attn"), dim)?),
         Naming::Timm => QkvProjection::Fused(l.linear_maybe_bias(&format!("{p}.attn.qkv"), dim, 3 * dim)?),
     };
     let gamma = |name: &str| -> Result<Option<Param<Tensor<1>>>> {
         if !layer_scale {
             return Ok(None);
         }
-        Ok(Some(Param::from_tensor(l.tensor_or_fill::<1>(&format!("{p}.{name}"), [dim], 1e-5)?)))
+        Ok(Some(l.param_or_fill::<1>(&format!("{p}.{name}"), [dim], 1e-5, ParamKind::Norm)?))
     };
     Ok(Block {
         ln1: l.layer_norm(&format!("{p}.{ln1}"), dim, eps)?,

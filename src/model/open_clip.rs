@@ -1,7 +1,6 @@
 //! open_clip CLIP checkpoints (`open_clip_config.json` + `open_clip_model.safetensors`):
 //! QuiltNet-B-32/B-16 and the `ViT-B-32.json` family.
 
-use burn::module::Param;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -12,7 +11,7 @@ use super::vit::{Geometry, VisionTransformer};
 use super::{parse_config, Architecture, Model};
 use crate::preprocess::PreprocessConfig;
 use crate::tokenizer::TextTokenizer;
-use crate::weights::{Loader, WeightSource};
+use crate::weights::{Loader, ParamKind, WeightSource};
 use crate::{Error, Result};
 
 /// `vision_cfg` (open_clip `CLIPVisionCfg`), with open_clip's defaults.
@@ -170,9 +169,9 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     };
     let vision = VisionTransformer {
         patch_embed: VisionTransformer::load_patch_embed(&l, "visual.conv1.weight", None, v.width, v.patch_size)?,
-        cls_token: Some(Param::from_tensor(l.tensor::<1>("visual.class_embedding", [v.width])?)),
+        cls_token: Some(l.param("visual.class_embedding", [v.width], ParamKind::Parameter)?),
         reg_tokens: None,
-        pos_embed: Param::from_tensor(l.tensor::<2>("visual.positional_embedding", [n_pos, v.width])?),
+        pos_embed: l.param("visual.positional_embedding", [n_pos, v.width], ParamKind::Parameter)?,
         norm_pre: Some(l.layer_norm("visual.ln_pre", v.width, 1e-5)?),
         blocks: load_blocks(&l, "visual.transformer.resblocks", layers, &vspec)?,
         norm: None,
@@ -198,7 +197,7 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     };
     let text = TextTransformer {
         token_embedding: l.embedding("token_embedding", t.vocab_size, t.width)?,
-        pos_embed: Param::from_tensor(l.tensor::<2>("positional_embedding", [t.context_length, t.width])?),
+        pos_embed: l.param("positional_embedding", [t.context_length, t.width], ParamKind::Parameter)?,
         cls_emb: None,
         blocks: load_blocks(&l, "transformer.resblocks", t.layers, &tspec)?,
         ln_final: l.layer_norm("ln_final", t.width, 1e-5)?,
@@ -222,6 +221,7 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         logit_scale,
         tokenizer: Some(tokenizer),
         ignored_tensors: l.unused(),
+        params: l.param_names(),
         vision,
         text: Some(text),
     })

@@ -2,7 +2,6 @@
 //! timm models: `config.json` with `architecture`, `model_args` overrides and `pretrained_cfg`,
 //! weights in `model.safetensors`. Also builds CONCH's timm trunk.
 
-use burn::module::Param;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -12,7 +11,7 @@ use super::open_clip::square;
 use super::vit::{Geometry, VisionTransformer};
 use super::{parse_config, Architecture, Model};
 use crate::preprocess::PreprocessConfig;
-use crate::weights::{Loader, WeightSource};
+use crate::weights::{Loader, ParamKind, WeightSource};
 use crate::{Error, Result};
 
 /// The arguments of timm's `VisionTransformer` that matter here, with timm's defaults.
@@ -121,12 +120,12 @@ pub fn load_trunk(l: &Loader, prefix: &str, a: &VitArgs, file: &str) -> Result<V
         naming: Naming::Timm,
     };
     let cls_token = if a.class_token {
-        Some(Param::from_tensor(l.tensor::<3>(&format!("{prefix}cls_token"), [1, 1, d])?.reshape([d])))
+        Some(l.param_reshaped(&format!("{prefix}cls_token"), [1, 1, d], [d], ParamKind::Parameter)?)
     } else {
         None
     };
     let reg_tokens = if a.reg_tokens > 0 {
-        Some(Param::from_tensor(l.tensor::<3>(&format!("{prefix}reg_token"), [1, a.reg_tokens, d])?.reshape([a.reg_tokens, d])))
+        Some(l.param_reshaped(&format!("{prefix}reg_token"), [1, a.reg_tokens, d], [a.reg_tokens, d], ParamKind::Parameter)?)
     } else {
         None
     };
@@ -135,7 +134,7 @@ pub fn load_trunk(l: &Loader, prefix: &str, a: &VitArgs, file: &str) -> Result<V
         patch_embed: VisionTransformer::load_patch_embed(l, &format!("{prefix}patch_embed.proj.weight"), Some(&pb), d, a.patch_size)?,
         cls_token,
         reg_tokens,
-        pos_embed: Param::from_tensor(l.tensor::<3>(&pos_name, [1, n_pos, d])?.reshape([n_pos, d])),
+        pos_embed: l.param_reshaped(&pos_name, [1, n_pos, d], [n_pos, d], ParamKind::Parameter)?,
         norm_pre: if a.pre_norm { Some(l.layer_norm(&format!("{prefix}norm_pre"), d, 1e-6)?) } else { None },
         blocks: load_blocks(l, &format!("{prefix}blocks"), a.depth, &spec)?,
         norm: Some(l.layer_norm(&format!("{prefix}norm"), d, 1e-6)?),
@@ -201,6 +200,7 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         logit_scale: 0.0,
         tokenizer: None,
         ignored_tensors: l.unused(),
+        params: l.param_names(),
         vision,
         text: None,
     })

@@ -8,8 +8,8 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 
-use super::nn::{Attention, Block, LayerNorm, QkvProjection, SplitQkv};
-use crate::weights::{linear_from_torch, Loader};
+use super::nn::{Attention, Block, LayerNorm, QkvProjection};
+use crate::weights::{Loader, ParamKind};
 use crate::{Error, Result};
 
 /// Patch size, input size and how the position embedding treats prefix tokens.
@@ -47,30 +47,9 @@ pub struct AttentionalPooler {
 impl AttentionalPooler {
     /// Loads `{p}.query`, `{p}.ln_q`, `{p}.ln_k` and `{p}.attn` (a PyTorch `nn.MultiheadAttention`).
     pub fn load(l: &Loader, p: &str, d_model: usize, context_dim: usize, heads: usize, n_queries: usize) -> Result<Self> {
-        let (q, k, v) = if l.contains(&format!("{p}.attn.in_proj_weight")) {
-            let w = l.tensor::<2>(&format!("{p}.attn.in_proj_weight"), [3 * d_model, d_model])?;
-            let mut w = w.chunk(3, 0);
-            let wv = w.pop().expect("3");
-            let wk = w.pop().expect("3");
-            (w.pop().expect("3"), wk, wv)
-        } else {
-            (
-                l.tensor::<2>(&format!("{p}.attn.q_proj_weight"), [d_model, d_model])?,
-                l.tensor::<2>(&format!("{p}.attn.k_proj_weight"), [d_model, context_dim])?,
-                l.tensor::<2>(&format!("{p}.attn.v_proj_weight"), [d_model, context_dim])?,
-            )
-        };
-        let mut b = l.tensor::<1>(&format!("{p}.attn.in_proj_bias"), [3 * d_model])?.chunk(3, 0);
-        let bv = b.pop().expect("3");
-        let bk = b.pop().expect("3");
-        let bq = b.pop().expect("3");
-        let split = SplitQkv {
-            q: linear_from_torch(q, Some(bq)),
-            k: linear_from_torch(k, Some(bk)),
-            v: linear_from_torch(v, Some(bv)),
-        };
+        let split = l.mha_split_qkv(&format!("{p}.attn"), d_model, context_dim)?;
         Ok(Self {
-            query: Param::from_tensor(l.tensor::<2>(&format!("{p}.query"), [n_queries, d_model])?),
+            query: l.param(&format!("{p}.query"), [n_queries, d_model], ParamKind::Parameter)?,
             ln_q: l.layer_norm(&format!("{p}.ln_q"), d_model, 1e-5)?,
             ln_k: l.layer_norm(&format!("{p}.ln_k"), context_dim, 1e-5)?,
             attn: Attention {
@@ -123,9 +102,7 @@ pub struct VisionTransformer {
 impl VisionTransformer {
     /// Loads a patch embedding stored as a `[dim, 3, p, p]` convolution kernel (+ optional bias).
     pub fn load_patch_embed(l: &Loader, weight: &str, bias: Option<&str>, dim: usize, patch: usize) -> Result<Linear> {
-        let w = l.tensor::<4>(weight, [dim, 3, patch, patch])?.reshape([dim, 3 * patch * patch]);
-        let b = bias.map(|name| l.tensor::<1>(name, [dim])).transpose()?;
-        Ok(linear_from_torch(w, b))
+        l.conv_patch_embed(weight, bias, dim, 3, patch)
     }
 
     /// Checks that the position embedding matches the patch grid of the configured image size.

@@ -72,7 +72,11 @@ impl AugmentConfig {
                 return bad(format!("{name} probability {p} is not in [0, 1]"));
             }
         }
-        for (name, x) in [("brightness", self.brightness), ("contrast", self.contrast), ("saturation", self.saturation)] {
+        for (name, x) in [
+            ("brightness", self.brightness),
+            ("contrast", self.contrast),
+            ("saturation", self.saturation),
+        ] {
             if !(x.is_finite() && x >= 0.0) {
                 return bad(format!("{name} {x} must be finite and non-negative"));
             }
@@ -156,8 +160,8 @@ fn blend_with(img: &RgbImage, alpha: f32, degenerate: impl Fn(&[u8]) -> [u8; 3])
         if alpha == 0.0 {
             px.0 = d;
         } else {
-            for c in 0..3 {
-                px.0[c] = blend_px(d[c], px.0[c], alpha);
+            for (v, &dv) in px.0.iter_mut().zip(&d) {
+                *v = blend_px(dv, *v, alpha);
             }
         }
     }
@@ -166,7 +170,8 @@ fn blend_with(img: &RgbImage, alpha: f32, degenerate: impl Fn(&[u8]) -> [u8; 3])
 
 /// Pillow's `convert("L")` of one RGB pixel.
 pub fn luma(px: [u8; 3]) -> u8 {
-    ((u32::from(px[0]) * 19595 + u32::from(px[1]) * 38470 + u32::from(px[2]) * 7471 + 0x8000) >> 16) as u8
+    ((u32::from(px[0]) * 19595 + u32::from(px[1]) * 38470 + u32::from(px[2]) * 7471 + 0x8000) >> 16)
+        as u8
 }
 
 /// torchvision `adjust_brightness` (PIL `ImageEnhance.Brightness`): blend with black. A factor of

@@ -67,14 +67,16 @@ impl Dataset {
     /// Scans `dir/<class>/**/<image>` (see [`ImageFolder::scan`]); samples have no group.
     pub fn from_image_folder(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        Self::from_folder(ImageFolder::scan(dir)?)
-            .map_err(|e| Error::format(dir.display(), e))
+        Self::from_folder(ImageFolder::scan(dir)?).map_err(|e| Error::format(dir.display(), e))
     }
 
     /// Converts a scanned [`ImageFolder`] (its notes are dropped; read them first if needed).
     pub fn from_folder(folder: ImageFolder) -> Result<Self> {
-        let samples =
-            folder.items.into_iter().map(|(path, label)| Sample { path, label, group: None }).collect();
+        let samples = folder
+            .items
+            .into_iter()
+            .map(|(path, label)| Sample { path, label, group: None })
+            .collect();
         Self::new(folder.classes, samples)
     }
 
@@ -115,7 +117,10 @@ impl Dataset {
         let mut samples = Vec::with_capacity(indices.len());
         for &i in indices {
             let s = self.samples.get(i).ok_or_else(|| {
-                Error::msg(format!("sample index {i} out of range ({} samples)", self.samples.len()))
+                Error::msg(format!(
+                    "sample index {i} out of range ({} samples)",
+                    self.samples.len()
+                ))
             })?;
             samples.push(s.clone());
         }
@@ -125,12 +130,22 @@ impl Dataset {
     /// The same samples relabelled for the class order `classes` (e.g. a trained head's order).
     /// Errors if one of this dataset's classes with samples is missing from `classes`.
     pub fn with_class_order(&self, classes: &[String]) -> Result<Self> {
-        let pos: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+        let pos: HashMap<&str, usize> =
+            classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
         let mut samples = self.samples.clone();
         for s in &mut samples {
-            let name = &self.classes[s.label];
+            let Some(name) = self.classes.get(s.label) else {
+                return Err(Error::msg(format!(
+                    "{}: label {} out of range",
+                    s.path.display(),
+                    s.label
+                )));
+            };
             s.label = *pos.get(name.as_str()).ok_or_else(|| {
-                Error::msg(format!("class '{name}' is not in the given class list ({})", classes.join(", ")))
+                Error::msg(format!(
+                    "class '{name}' is not in the given class list ({})",
+                    classes.join(", ")
+                ))
             })?;
         }
         Self::new(classes.to_vec(), samples)
@@ -158,7 +173,8 @@ pub fn read_manifest(path: impl AsRef<Path>) -> Result<ManifestSplits> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let name = path.display().to_string();
-    let text = std::str::from_utf8(&bytes).map_err(|e| Error::format(&name, format!("not UTF-8 text: {e}")))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| Error::format(&name, format!("not UTF-8 text: {e}")))?;
     let base = path.parent().unwrap_or(Path::new(""));
     let splits = parse_manifest(text, &name, base)?;
     let all = [&splits.train, &splits.val, &splits.test];
@@ -166,12 +182,18 @@ pub fn read_manifest(path: impl AsRef<Path>) -> Result<ManifestSplits> {
     let mut total = 0;
     for d in all.into_iter().flatten() {
         total += d.len();
-        missing.extend(d.samples.iter().filter(|s| !s.path.is_file()).map(|s| s.path.display().to_string()));
+        missing.extend(
+            d.samples.iter().filter(|s| !s.path.is_file()).map(|s| s.path.display().to_string()),
+        );
     }
     if !missing.is_empty() {
         return Err(Error::format(
             &name,
-            format!("{} of {total} listed images do not exist, e.g. {}", missing.len(), first_few(&missing)),
+            format!(
+                "{} of {total} listed images do not exist, e.g. {}",
+                missing.len(),
+                first_few(&missing)
+            ),
         ));
     }
     Ok(splits)
@@ -199,7 +221,10 @@ pub fn parse_manifest(text: &str, name: &str, base: &Path) -> Result<ManifestSpl
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut records = parse_csv(text, name)?.into_iter();
     let Some((hline, header)) = records.next() else {
-        return Err(Error::format(name, "empty manifest (expected a header such as path,label,split)"));
+        return Err(Error::format(
+            name,
+            "empty manifest (expected a header such as path,label,split)",
+        ));
     };
     let mut cols: [Option<usize>; 4] = [None; 4];
     const NAMES: [&str; 4] = ["path", "label", "split", "group"];
@@ -207,7 +232,10 @@ pub fn parse_manifest(text: &str, name: &str, base: &Path) -> Result<ManifestSpl
         let h = h.trim().to_ascii_lowercase();
         if let Some(k) = NAMES.iter().position(|n| *n == h) {
             if cols[k].is_some() {
-                return Err(Error::format(name, format!("line {hline}: column '{h}' appears twice")));
+                return Err(Error::format(
+                    name,
+                    format!("line {hline}: column '{h}' appears twice"),
+                ));
             }
             cols[k] = Some(i);
         }
@@ -215,14 +243,21 @@ pub fn parse_manifest(text: &str, name: &str, base: &Path) -> Result<ManifestSpl
     let (Some(c_path), Some(c_label)) = (cols[0], cols[1]) else {
         return Err(Error::format(
             name,
-            format!("line {hline}: the header must name 'path' and 'label' columns, found: {}", header.join(",")),
+            format!(
+                "line {hline}: the header must name 'path' and 'label' columns, found: {}",
+                header.join(",")
+            ),
         ));
     };
     let mut rows = Vec::new();
     for (line, fields) in records {
         let err = |m: String| Error::format(name, format!("line {line}: {m}"));
         if fields.len() != header.len() {
-            return Err(err(format!("{} fields, but the header has {}", fields.len(), header.len())));
+            return Err(err(format!(
+                "{} fields, but the header has {}",
+                fields.len(),
+                header.len()
+            )));
         }
         let path = fields[c_path].as_str();
         if path.is_empty() {
@@ -257,10 +292,14 @@ pub fn parse_manifest(text: &str, name: &str, base: &Path) -> Result<ManifestSpl
     if classes.len() < 2 {
         return Err(Error::format(
             name,
-            format!("a classification dataset needs at least two classes, found only '{}'", classes.join(", ")),
+            format!(
+                "a classification dataset needs at least two classes, found only '{}'",
+                classes.join(", ")
+            ),
         ));
     }
-    let index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let index: HashMap<&str, usize> =
+        classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let mut parts: [Vec<Sample>; 3] = Default::default();
     for (path, label, split, group) in rows {
         let sample = Sample { path, label: index[label.as_str()], group };
@@ -296,7 +335,10 @@ fn parse_csv(text: &str, name: &str) -> Result<Vec<(usize, Vec<String>)>> {
                     loop {
                         match chars.next() {
                             None => {
-                                return Err(Error::format(name, format!("line {start}: unterminated quoted field")))
+                                return Err(Error::format(
+                                    name,
+                                    format!("line {start}: unterminated quoted field"),
+                                ))
                             }
                             Some('"') if chars.peek() == Some(&'"') => {
                                 chars.next();
@@ -316,10 +358,15 @@ fn parse_csv(text: &str, name: &str) -> Result<Vec<(usize, Vec<String>)>> {
                         chars.next();
                     }
                     if !matches!(chars.peek(), None | Some(',') | Some('\n') | Some('\r')) {
-                        return Err(Error::format(name, format!("line {line}: text after a closing quote")));
+                        return Err(Error::format(
+                            name,
+                            format!("line {line}: text after a closing quote"),
+                        ));
                     }
                 }
-                Some(',') => fields.push(finish(std::mem::take(&mut field), std::mem::take(&mut quoted))),
+                Some(',') => {
+                    fields.push(finish(std::mem::take(&mut field), std::mem::take(&mut quoted)))
+                }
                 Some('\r') if chars.peek() == Some(&'\n') => {}
                 Some('\n') => {
                     line += 1;
@@ -350,7 +397,11 @@ fn finish(field: String, quoted: bool) -> String {
 /// sample when the strings are equal (`clipit retrieve` writes paths as given) or, failing that,
 /// when both canonicalise to the same file. Errors: samples without a rank-1 pair (how many and
 /// the first few), an image with two different rank-1 reports, or a report id not in the corpus.
-pub fn attach_pairs(dataset: &Dataset, pairs: &[PseudoPair], report_ids: &[String]) -> Result<Vec<usize>> {
+pub fn attach_pairs(
+    dataset: &Dataset,
+    pairs: &[PseudoPair],
+    report_ids: &[String],
+) -> Result<Vec<usize>> {
     let ids: HashMap<&str, usize> =
         report_ids.iter().enumerate().rev().map(|(i, id)| (id.as_str(), i)).collect();
     let mut by_image: HashMap<&str, usize> = HashMap::new();

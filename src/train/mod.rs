@@ -1,5 +1,12 @@
-//! Training (CLIP-IT step 4 and the unimodal baseline): data pipeline, augmentation and splits.
+//! Training (CLIP-IT step 4 and the unimodal baseline): data pipeline, augmentation, splits, the
+//! CLIP-IT heads and losses, the optimiser, the training loop and run folders.
 
 pub mod augment;
+pub mod checkpoint;
 pub mod data;
+pub mod heads;
+pub mod optim;
+pub mod plot;
+pub mod run;
 pub mod split;
+pub mod trainer;

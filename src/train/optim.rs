@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 
 /// Adam with PyTorch's defaults and the given learning-rate-independent weight decay.
 pub fn adam(weight_decay: f64) -> ModuleOptimizer {
-    let decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay));
+    let decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
     AdamConfig::new().with_epsilon(1e-8).with_weight_decay(decay).init()
 }
 

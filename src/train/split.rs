@@ -13,7 +13,7 @@
 //!   augmented tiles, or patient-wise splits), stratified by each group's majority label;
 //! - [`every_nth_split`]: index `i` is validation when `i % n == 0` (the paper's BACH split).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::{Error, Result};
 
@@ -101,7 +101,9 @@ fn check_fraction(val_fraction: f64) -> Result<()> {
     if val_fraction.is_finite() && val_fraction > 0.0 && val_fraction < 1.0 {
         Ok(())
     } else {
-        Err(Error::msg(format!("validation fraction must be between 0 and 1 (exclusive), got {val_fraction}")))
+        Err(Error::msg(format!(
+            "validation fraction must be between 0 and 1 (exclusive), got {val_fraction}"
+        )))
     }
 }
 
@@ -120,18 +122,19 @@ fn val_count(n: usize, f: f64) -> usize {
 /// val_fraction)` of them (at least one, at most `n - 1`) into validation, chosen by a seeded
 /// shuffle; a class with a single sample keeps it for training. Both lists are sorted. Errors if
 /// `val_fraction` is not strictly between 0 and 1.
-pub fn stratified_split(labels: &[usize], val_fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+pub fn stratified_split(
+    labels: &[usize],
+    val_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
     check_fraction(val_fraction)?;
-    let mut by_class: Vec<Vec<usize>> = Vec::new();
+    let mut by_class: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, &c) in labels.iter().enumerate() {
-        if c >= by_class.len() {
-            by_class.resize_with(c + 1, Vec::new);
-        }
-        by_class[c].push(i);
+        by_class.entry(c).or_default().push(i);
     }
     let mut rng = Rng::new(seed);
     let (mut train, mut val) = (Vec::with_capacity(labels.len()), Vec::new());
-    for mut members in by_class {
+    for mut members in by_class.into_values() {
         rng.shuffle(&mut members);
         let k = val_count(members.len(), val_fraction);
         val.extend_from_slice(&members[..k]);
@@ -158,7 +161,11 @@ pub fn group_split<S: AsRef<str>>(
 ) -> Result<(Vec<usize>, Vec<usize>)> {
     check_fraction(val_fraction)?;
     if labels.len() != groups.len() {
-        return Err(Error::msg(format!("{} labels but {} group entries", labels.len(), groups.len())));
+        return Err(Error::msg(format!(
+            "{} labels but {} group entries",
+            labels.len(),
+            groups.len()
+        )));
     }
     // Groups in order of first appearance, so the result does not depend on hashing.
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -177,21 +184,19 @@ pub fn group_split<S: AsRef<str>>(
         }
     }
     // Majority label per group, then the groups of each label.
-    let mut by_label: Vec<Vec<usize>> = Vec::new();
+    let mut by_label: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (gi, m) in members.iter().enumerate() {
         let mut counts: HashMap<usize, usize> = HashMap::new();
         for &i in m {
             *counts.entry(labels[i]).or_default() += 1;
         }
-        let label = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map_or(0, |(&l, _)| l);
-        if label >= by_label.len() {
-            by_label.resize_with(label + 1, Vec::new);
-        }
-        by_label[label].push(gi);
+        let label =
+            counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map_or(0, |(&l, _)| l);
+        by_label.entry(label).or_default().push(gi);
     }
     let mut rng = Rng::new(seed);
     let (mut train, mut val) = (Vec::with_capacity(labels.len()), Vec::new());
-    for mut gs in by_label {
+    for mut gs in by_label.into_values() {
         rng.shuffle(&mut gs);
         let total: usize = gs.iter().map(|&g| members[g].len()).sum();
         let target = (total as f64 * val_fraction).round() as usize;

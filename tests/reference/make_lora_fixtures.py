@@ -122,6 +122,7 @@ def make(name: str, seed: int, mf) -> None:
     names = targets(model, exclude)
     mha = mha_out_proj_modules(model)
     cfg = LoraConfig(target_modules=names, r=R, lora_alpha=ALPHA, lora_dropout=0.0)
+    torch.manual_seed(seed)  # peft draws lora_A from the global generator
     pm = get_peft_model(model, cfg).eval()
     inner = pm.base_model.model
     with torch.no_grad():

@@ -241,7 +241,8 @@ impl BatchLoader {
                     batch.indices.push(i);
                 }
                 Err(error) => {
-                    let path = self.dataset.samples.get(i).map(|s| s.path.clone()).unwrap_or_default();
+                    let path =
+                        self.dataset.samples.get(i).map(|s| s.path.clone()).unwrap_or_default();
                     batch.skipped.push(Skipped { index: i, path, error });
                 }
             }
@@ -252,7 +253,10 @@ impl BatchLoader {
     /// One sample, ready for the model, or why not.
     fn prepare(&self, index: usize, epoch: u64) -> std::result::Result<Vec<f32>, String> {
         let Some(sample) = self.dataset.samples.get(index) else {
-            return Err(format!("sample index {index} out of range ({} samples)", self.dataset.len()));
+            return Err(format!(
+                "sample index {index} out of range ({} samples)",
+                self.dataset.len()
+            ));
         };
         let cfg = &self.cfg;
         let run = || -> Result<Vec<f32>> {
@@ -264,7 +268,9 @@ impl BatchLoader {
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("{}: the image decoder panicked on this file", sample.path.display())),
+            Err(_) => {
+                Err(format!("{}: the image decoder panicked on this file", sample.path.display()))
+            }
         }
     }
 
@@ -277,13 +283,14 @@ impl BatchLoader {
             let (tx, rx) = std::sync::mpsc::sync_channel(self.cfg.prefetch);
             let loader = self.clone();
             let todo = batches.clone();
-            let spawned = std::thread::Builder::new().name("clipit-batch-loader".into()).spawn(move || {
-                for idx in todo {
-                    if tx.send(loader.load(&idx, epoch)).is_err() {
-                        break; // the Epoch was dropped
+            let spawned =
+                std::thread::Builder::new().name("clipit-batch-loader".into()).spawn(move || {
+                    for idx in todo {
+                        if tx.send(loader.load(&idx, epoch)).is_err() {
+                            break; // the Epoch was dropped
+                        }
                     }
-                }
-            });
+                });
             if let Ok(handle) = spawned {
                 return Epoch::new(Source::Thread { rx: Some(rx), handle: Some(handle) });
             }
@@ -304,7 +311,11 @@ fn map_indices<T>(indices: &[usize], f: impl Fn(usize) -> T) -> Vec<T> {
 }
 
 enum Source {
-    Inline { loader: BatchLoader, epoch: u64, batches: std::vec::IntoIter<Vec<usize>> },
+    Inline {
+        loader: BatchLoader,
+        epoch: u64,
+        batches: std::vec::IntoIter<Vec<usize>>,
+    },
     #[cfg(not(target_family = "wasm"))]
     Thread {
         rx: Option<std::sync::mpsc::Receiver<Batch>>,
@@ -334,7 +345,9 @@ impl Epoch {
 
     fn next_raw(&mut self) -> Option<Batch> {
         match &mut self.source {
-            Source::Inline { loader, epoch, batches } => batches.next().map(|idx| loader.load(&idx, *epoch)),
+            Source::Inline { loader, epoch, batches } => {
+                batches.next().map(|idx| loader.load(&idx, *epoch))
+            }
             #[cfg(not(target_family = "wasm"))]
             Source::Thread { rx, .. } => rx.as_ref()?.recv().ok(),
         }

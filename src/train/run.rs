@@ -1,0 +1,311 @@
+//! A whole training run, as `clipit train` drives it: data and split, CLIP-IT pseudo-pairing with
+//! the teacher, precomputed text targets, the backbone with LoRA and the heads, the loop with
+//! validation and checkpoints, and the final report.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{RunDir, RunState};
+use super::data::{BatchLoader, Dataset, LoaderConfig};
+use super::heads::{ClipItModel, HeadsConfig};
+use super::split::stratified_split;
+use super::trainer::{clipit_batch_loss, vision_batch_loss, StepLog, TrainBatch, TrainOptions, Trainer};
+use crate::embed::{embed_image_files, embed_texts};
+use crate::lora::LoraConfig;
+use crate::metrics::Report;
+use crate::model::Model;
+use crate::retrieval::{matrix_from_host, top_k, Corpus};
+use crate::{Error, Result};
+
+/// The training methods of the paper's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// CLIP-IT: backbone with LoRA, the four heads, CE + λ·distillation.
+    Clipit,
+    /// The unimodal baseline: frozen backbone, linear head h_v.
+    LinearProbe,
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "clipit" => Ok(Self::Clipit),
+            "linear-probe" | "vision-linear" => Ok(Self::LinearProbe),
+            "contrastive" => Err(Error::msg("--method contrastive is not implemented yet (clipit, linear-probe, vision-linear)")),
+            other => Err(Error::msg(format!("unknown method '{other}' (clipit, linear-probe, vision-linear)"))),
+        }
+    }
+}
+
+/// Everything that defines a run; saved as `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Training method.
+    pub method: Method,
+    /// Vision backbone folder.
+    pub backbone: PathBuf,
+    /// CLIP teacher folder (retrieval and text targets; CLIP-IT only).
+    pub teacher: Option<PathBuf>,
+    /// Report corpus (CLIP-IT only).
+    pub reports: Option<PathBuf>,
+    /// Labelled images (ImageFolder).
+    pub data: PathBuf,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// Fraction of each class held out for validation.
+    pub val_fraction: f64,
+    /// Head sizes.
+    pub heads: HeadsConfig,
+    /// LoRA on the backbone (CLIP-IT only).
+    pub lora: Option<LoraConfig>,
+    /// Use the paper's augmentations on training images.
+    pub augment: bool,
+    /// Optimisation options.
+    pub options: TrainOptions,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Validation metrics of the best checkpoint.
+    pub report: Report,
+    /// Steps trained.
+    pub steps: usize,
+    /// Step of the best checkpoint.
+    pub best_step: Option<usize>,
+    /// Images per second during training (loading included).
+    pub images_per_sec: f64,
+}
+
+/// Validation entry written to `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValLog {
+    /// Step after which validation ran.
+    pub step: usize,
+    /// Mean validation loss.
+    pub val_loss: f64,
+    /// Validation balanced accuracy.
+    pub val_balanced_accuracy: f64,
+}
+
+/// Inputs to [`train`] beyond the config.
+pub struct TrainInputs<'a> {
+    /// Called after every step (progress bar, logging).
+    pub on_step: &'a mut dyn FnMut(&StepLog, usize),
+    /// Continue from the run folder's last checkpoint.
+    pub resume: bool,
+}
+
+/// Text targets for CLIP-IT: the L2-normalised teacher embedding of each sample's top-1 report.
+struct TextTargets {
+    /// Row-major `[samples, dim]`.
+    values: Vec<f32>,
+    dim: usize,
+}
+
+impl TextTargets {
+    fn rows(&self, indices: &[usize]) -> (Vec<f32>, usize) {
+        let mut out = Vec::with_capacity(indices.len() * self.dim);
+        for &i in indices {
+            out.extend_from_slice(&self.values[i * self.dim..(i + 1) * self.dim]);
+        }
+        (out, self.dim)
+    }
+}
+
+fn l2_rows(values: &mut [f32], dim: usize) {
+    for row in values.chunks_mut(dim) {
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+/// Pairs every sample with its top-1 report (CLIP-IT step 1) and returns the text targets.
+fn pseudo_pair_targets(teacher: &Model, corpus: &Corpus, samples: &Dataset, batch: usize) -> Result<TextTargets> {
+    let device = teacher.vision.pos_embed.val().device();
+    let mut text = embed_texts(teacher, &corpus.texts, batch, |_| {})?;
+    let dim = teacher.embed_dim;
+    l2_rows(&mut text, dim);
+    let paths: Vec<PathBuf> = samples.samples.iter().map(|s| s.path.clone()).collect();
+    let images = embed_image_files(teacher, &paths, batch, false, |_| {})?;
+    let hits = top_k(matrix_from_host(&images.values, images.dim, &device)?, matrix_from_host(&text, dim, &device)?, 1)?;
+    let mut values = Vec::with_capacity(paths.len() * dim);
+    for hit in &hits {
+        let j = hit[0].0;
+        values.extend_from_slice(&text[j * dim..(j + 1) * dim]);
+    }
+    Ok(TextTargets { values, dim })
+}
+
+/// Builds the CLIP-IT model: the backbone's vision tower (with LoRA) and fresh heads.
+fn build_model(cfg: &RunConfig, device: &Device) -> Result<ClipItModel> {
+    device.seed(cfg.options.seed);
+    let backbone = Model::load(&cfg.backbone, device)?;
+    let mut vision = backbone.vision.no_grad();
+    if let (Method::Clipit, Some(lora)) = (cfg.method, &cfg.lora) {
+        vision = crate::lora::apply_lora(vision, &backbone.params, lora, cfg.options.seed)?;
+    }
+    Ok(ClipItModel { backbone: vision, heads: cfg.heads.init(device) })
+}
+
+/// Mean loss and class probabilities over a loader's data (no gradients).
+fn evaluate(model: &ClipItModel, loader: &BatchLoader, targets: Option<&TextTargets>, opts: &TrainOptions, device: &Device) -> Result<(f64, Vec<Vec<f32>>, Vec<usize>)> {
+    let model = model.valid();
+    let plain = device.clone().without_autodiff();
+    let (mut loss_sum, mut n) = (0.0, 0usize);
+    let (mut probs, mut labels) = (Vec::new(), Vec::new());
+    for batch in loader.epoch(0) {
+        if batch.is_empty() {
+            continue;
+        }
+        let tb = TrainBatch::from_host(batch.pixels.clone(), batch.crop, &batch.labels, targets.map(|t| t.rows(&batch.indices)), &plain);
+        let parts = match targets {
+            Some(_) => clipit_batch_loss(&model, &tb, opts)?,
+            None => vision_batch_loss(&model, &tb, opts)?,
+        };
+        loss_sum += f64::from(parts.total.into_scalar::<f32>()) * batch.len() as f64;
+        n += batch.len();
+        let logits = match targets {
+            Some(_) => model.forward(tb.pixels).logits,
+            None => model.heads.h_v.forward(model.backbone.forward(tb.pixels)),
+        };
+        let p = burn::tensor::activation::softmax(logits, 1);
+        let [rows, cols] = p.dims();
+        let v: Vec<f32> = p.into_data().to_vec().map_err(|e| Error::msg(format!("{e:?}")))?;
+        probs.extend((0..rows).map(|r| v[r * cols..(r + 1) * cols].to_vec()));
+        labels.extend_from_slice(&batch.labels);
+    }
+    if n == 0 {
+        return Err(Error::msg("no validation image could be read"));
+    }
+    Ok((loss_sum / n as f64, probs, labels))
+}
+
+/// Runs training as configured and writes the run folder.
+pub fn train(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs) -> Result<RunSummary> {
+    let device = crate::backend::Backend::Cpu.device()?.autodiff();
+    train_on(cfg, run, inputs, &device)
+}
+
+/// [`train`] on a given autodiff device.
+pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Device) -> Result<RunSummary> {
+    let opts = &cfg.options;
+    let dataset = Dataset::from_image_folder(&cfg.data)?.with_class_order(&cfg.classes)?;
+    let (train_idx, val_idx) = stratified_split(&dataset.labels(), cfg.val_fraction, opts.seed)?;
+    let (train_set, val_set) = (dataset.subset(&train_idx)?, dataset.subset(&val_idx)?);
+
+    let plain = device.clone().without_autodiff();
+    let (train_targets, val_targets) = match cfg.method {
+        Method::Clipit => {
+            let teacher_dir = cfg.teacher.as_ref().ok_or_else(|| Error::msg("CLIP-IT needs --teacher"))?;
+            let reports = cfg.reports.as_ref().ok_or_else(|| Error::msg("CLIP-IT needs --reports"))?;
+            let teacher = Model::load(teacher_dir, &plain)?;
+            if !teacher.has_text() {
+                return Err(Error::msg(format!("{}: the teacher needs a text encoder", teacher.name)));
+            }
+            let corpus = Corpus::read(reports)?;
+            let batch = opts.batch_size.min(64);
+            (Some(pseudo_pair_targets(&teacher, &corpus, &train_set, batch)?), Some(pseudo_pair_targets(&teacher, &corpus, &val_set, batch)?))
+        }
+        Method::LinearProbe => (None, None),
+    };
+
+    let model = build_model(cfg, device)?;
+    let preprocess = Model::load(&cfg.backbone, &plain)?.preprocess;
+    let mut train_cfg = LoaderConfig::new(preprocess, opts.batch_size);
+    train_cfg.seed = opts.seed;
+    train_cfg.augment = cfg.augment.then(super::augment::AugmentConfig::paper);
+    let train_loader = BatchLoader::new(train_set, train_cfg)?;
+    let val_loader = BatchLoader::new(val_set, LoaderConfig::eval(preprocess, opts.batch_size))?;
+
+    let mut trainer = Trainer::new(model, opts.clone());
+    let mut state = RunState::default();
+    if inputs.resume && run.has_checkpoint() {
+        let (model, optim, saved) = run.load_checkpoint(trainer.model.clone(), trainer.optim.clone())?;
+        trainer.model = model;
+        trainer.optim = optim;
+        trainer.step = saved.step;
+        state = saved;
+    } else {
+        run.write_json("run.json", cfg)?;
+        let _ = std::fs::remove_file(run.file("metrics.jsonl"));
+    }
+
+    let per_epoch = train_loader.num_batches();
+    let total = opts.max_steps.unwrap_or(usize::MAX).min(per_epoch * opts.epochs);
+    let val_every = if opts.val_every == 0 { per_epoch } else { opts.val_every };
+    let start = std::time::Instant::now();
+    let start_step = trainer.step;
+    let mut images = 0usize;
+    'epochs: for epoch in state.epochs_done..opts.epochs {
+        // On resume, skip the batches of this epoch that the checkpoint already covers.
+        let skip = trainer.step.saturating_sub(epoch * per_epoch);
+        for batch in train_loader.epoch(epoch as u64).skip(skip) {
+            if trainer.step >= total {
+                break 'epochs;
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let tb = TrainBatch::from_host(batch.pixels.clone(), batch.crop, &batch.labels, train_targets.as_ref().map(|t| t.rows(&batch.indices)), device);
+            let log = match cfg.method {
+                Method::Clipit => trainer.step(epoch, |m| clipit_batch_loss(m, &tb, opts))?,
+                Method::LinearProbe => trainer.step(epoch, |m| vision_batch_loss(m, &tb, opts))?,
+            };
+            images += batch.len();
+            run.log(&log)?;
+            (inputs.on_step)(&log, total);
+            state.step = trainer.step;
+            if trainer.step % val_every == 0 || trainer.step == total {
+                let (val_loss, probs, labels) = evaluate(&trainer.model, &val_loader, val_targets.as_ref(), opts, device)?;
+                let report = Report::from_probs(&probs, &labels, &cfg.classes)?;
+                run.log(&ValLog { step: trainer.step, val_loss, val_balanced_accuracy: report.balanced_accuracy })?;
+                if state.best_val_loss.is_none_or(|b| val_loss < b) {
+                    state.best_val_loss = Some(val_loss);
+                    state.best_step = Some(trainer.step);
+                    run.save_params("best.bpk", &trainer.model)?;
+                }
+                run.save_checkpoint(&trainer.model, &trainer.optim, &state)?;
+            }
+        }
+        state.epochs_done = epoch + 1;
+        run.save_checkpoint(&trainer.model, &trainer.optim, &state)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+
+    let best = run.load_params("best.bpk", trainer.model.clone())?;
+    let (_, probs, labels) = evaluate(&best, &val_loader, val_targets.as_ref(), opts, device)?;
+    let report = Report::from_probs(&probs, &labels, &cfg.classes)?;
+    run.write_json("report.json", &report)?;
+    crate::fsutil::write_atomic(run.file("curves.svg"), super::plot::curves_svg(&run.file("metrics.jsonl"))?.as_bytes())?;
+    let _ = start_step;
+    Ok(RunSummary { report, steps: trainer.step, best_step: state.best_step, images_per_sec: images as f64 / elapsed.max(1e-9) })
+}
+
+/// Loads a finished run's best model for evaluation or classification (no autodiff).
+pub fn load_run(run_dir: &Path, device: &Device) -> Result<(RunConfig, ClipItModel, crate::preprocess::PreprocessConfig)> {
+    let run = RunDir::open(run_dir)?;
+    let cfg: RunConfig = run.read_json("run.json")?;
+    let model = build_model(&cfg, &device.clone().autodiff())?;
+    let model = run.load_params("best.bpk", model)?.valid();
+    let preprocess = Model::load(&cfg.backbone, device)?.preprocess;
+    Ok((cfg, model, preprocess))
+}
+
+/// Class probabilities for preprocessed pixels with a loaded run's model (vision only).
+pub fn predict(cfg: &RunConfig, model: &ClipItModel, pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Result<Vec<Vec<f32>>> {
+    let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device);
+    let logits = match cfg.method {
+        Method::Clipit => model.forward(x).logits,
+        Method::LinearProbe => model.heads.h_v.forward(model.backbone.forward(x)),
+    };
+    let p = burn::tensor::activation::softmax(logits, 1);
+    let c = p.dims()[1];
+    let v: Vec<f32> = p.into_data().to_vec().map_err(|e| Error::msg(format!("{e:?}")))?;
+    Ok(v.chunks(c).map(<[f32]>::to_vec).collect())
+}
