@@ -56,7 +56,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::module::{list_param_ids, LoraAdapter, Module, ModuleVisitor, Param, ParamId, Reparameterizer};
+use burn::module::{
+    list_param_ids, LoraAdapter, Module, ModuleVisitor, Param, ParamId, Reparameterizer,
+};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -152,10 +154,16 @@ impl LoraConfig {
             return Err(Error::msg("LoRA rank r must be at least 1"));
         }
         if !self.alpha.is_finite() {
-            return Err(Error::msg(format!("LoRA alpha must be a finite number, got {}", self.alpha)));
+            return Err(Error::msg(format!(
+                "LoRA alpha must be a finite number, got {}",
+                self.alpha
+            )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::msg(format!("LoRA dropout must lie in [0, 1), got {}", self.dropout)));
+            return Err(Error::msg(format!(
+                "LoRA dropout must lie in [0, 1), got {}",
+                self.dropout
+            )));
         }
         Ok(())
     }
@@ -226,7 +234,9 @@ impl LoraConfig {
             return Err(bad("DoRA adapters (use_dora) are not supported".into()));
         }
         if truthy("lora_bias") || str_of("bias").is_some_and(|b| b != "none") {
-            return Err(bad("adapters that train biases (bias != \"none\", lora_bias) are not supported".into()));
+            return Err(bad(
+                "adapters that train biases (bias != \"none\", lora_bias) are not supported".into(),
+            ));
         }
         if truthy("fan_in_fan_out") {
             return Err(bad("fan_in_fan_out (GPT-2 Conv1D layers) is not supported".into()));
@@ -237,12 +247,25 @@ impl LoraConfig {
             }
         }
         if non_empty("modules_to_save") {
-            return Err(bad("modules_to_save (fully trained extra modules) is not supported".into()));
+            return Err(bad(
+                "modules_to_save (fully trained extra modules) is not supported".into()
+            ));
         }
-        let r = json.get("r").and_then(|v| v.as_u64()).ok_or_else(|| bad("no integer 'r'".into()))? as usize;
-        let alpha = json.get("lora_alpha").and_then(|v| v.as_f64()).ok_or_else(|| bad("no number 'lora_alpha'".into()))?;
+        let r =
+            json.get("r").and_then(|v| v.as_u64()).ok_or_else(|| bad("no integer 'r'".into()))?
+                as usize;
+        let alpha = json
+            .get("lora_alpha")
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| bad("no number 'lora_alpha'".into()))?;
         let dropout = json.get("lora_dropout").and_then(|v| v.as_f64()).unwrap_or(0.0);
-        let cfg = Self { r, alpha, dropout, rslora: truthy("use_rslora"), targets: LoraTargets::default() };
+        let cfg = Self {
+            r,
+            alpha,
+            dropout,
+            rslora: truthy("use_rslora"),
+            targets: LoraTargets::default(),
+        };
         cfg.validate().map_err(|e| bad(e.to_string()))?;
         Ok(cfg)
     }
@@ -289,7 +312,8 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// `lora_B.weight` (`[out, r]`, `[out, r, 1, 1]`) or `lora_embedding_B` (`[dim, r]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraFactors {
-    /// The kind of module the adapter belongs to.
+    /// The factors' layout: [`ParamKind::Linear`] (any `nn.Linear`, `MultiheadAttention.out_proj`
+    /// included), [`ParamKind::Embedding`] or [`ParamKind::Conv2d`].
     pub kind: ParamKind,
     /// peft's A.
     pub a: HostTensor,
@@ -308,7 +332,10 @@ impl LoraFactors {
     fn to_burn(&self) -> ((Vec<f32>, [usize; 2]), (Vec<f32>, [usize; 2])) {
         let (r, a_cols) = self.a.rows_cols();
         let (b_rows, b_r) = self.b.rows_cols();
-        ((transpose(&self.a.values, r, a_cols), [a_cols, r]), (transpose(&self.b.values, b_rows, b_r), [b_r, b_rows]))
+        (
+            (transpose(&self.a.values, r, a_cols), [a_cols, r]),
+            (transpose(&self.b.values, b_rows, b_r), [b_r, b_rows]),
+        )
     }
 
     /// From Burn factors `a` `[rows, r]`, `b` `[r, cols]` of a parameter recorded as `info`.
@@ -322,7 +349,11 @@ impl LoraFactors {
             }
             _ => (vec![r, a_rows], vec![b_cols, r]),
         };
-        Self { kind: info.kind, a: HostTensor::new(a_shape, transpose(&a, a_rows, r)), b: HostTensor::new(b_shape, transpose(&b, r, b_cols)) }
+        Self {
+            kind: layout_kind(info.kind),
+            a: HostTensor::new(a_shape, transpose(&a, a_rows, r)),
+            b: HostTensor::new(b_shape, transpose(&b, r, b_cols)),
+        }
     }
 
     /// peft's key suffixes for A and B.
@@ -360,7 +391,11 @@ pub struct AttachReport {
 impl LoraAdapters {
     /// The adapters of `module` (see [`lora_state`]), named with `names`. Reads the factors
     /// from the device synchronously (not allowed in wasm; use [`LoraAdapters::from_module_async`]).
-    pub fn from_module<M: Module>(module: &M, names: &ParamNames, config: &LoraConfig) -> Result<Self> {
+    pub fn from_module<M: Module>(
+        module: &M,
+        names: &ParamNames,
+        config: &LoraConfig,
+    ) -> Result<Self> {
         let mut modules = BTreeMap::new();
         for s in lora_state(module) {
             let info = named(names, s.base)?;
@@ -371,11 +406,19 @@ impl LoraAdapters {
     }
 
     /// [`LoraAdapters::from_module`] with asynchronous reads (the browser's case).
-    pub async fn from_module_async<M: Module>(module: &M, names: &ParamNames, config: &LoraConfig) -> Result<Self> {
+    pub async fn from_module_async<M: Module>(
+        module: &M,
+        names: &ParamNames,
+        config: &LoraConfig,
+    ) -> Result<Self> {
         let mut modules = BTreeMap::new();
         for s in lora_state(module) {
             let info = named(names, s.base)?;
-            let factors = LoraFactors::from_burn(info, matrix_to_host_async(s.a).await?, matrix_to_host_async(s.b).await?);
+            let factors = LoraFactors::from_burn(
+                info,
+                matrix_to_host_async(s.a).await?,
+                matrix_to_host_async(s.b).await?,
+            );
             modules.insert(info.module().to_string(), factors);
         }
         Ok(Self { config: config.clone(), modules })
@@ -414,10 +457,7 @@ impl LoraAdapters {
                 report.unmatched.push(name.clone());
                 continue;
             };
-            let compatible = matches!(
-                (info.kind, factors.kind),
-                (ParamKind::Linear | ParamKind::MhaOutProj, ParamKind::Linear | ParamKind::MhaOutProj)
-            ) || info.kind == factors.kind;
+            let compatible = layout_kind(info.kind) == layout_kind(factors.kind);
             if !compatible {
                 return Err(Error::msg(format!(
                     "LoRA adapter for '{name}' is a {:?} adapter but the model's module is a {:?}",
@@ -429,7 +469,9 @@ impl LoraAdapters {
                 continue;
             }
             if scan.adapted.contains_key(&id) {
-                return Err(Error::msg(format!("'{name}' already carries a LoRA adapter; merge or drop it first")));
+                return Err(Error::msg(format!(
+                    "'{name}' already carries a LoRA adapter; merge or drop it first"
+                )));
             }
             plan.insert(id, (name.as_str(), factors));
         }
@@ -491,14 +533,16 @@ impl LoraAdapters {
                     .map_err(|e| Error::msg(format!("LoRA tensor {name}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| Error::msg(format!("writing LoRA adapter: {e}")))
+        safetensors::tensor::serialize(views, Some(metadata))
+            .map_err(|e| Error::msg(format!("writing LoRA adapter: {e}")))
     }
 
     /// Reads the adapters of a safetensors file in peft's layout (keys
     /// `base_model.model.<module>.lora_{A,B}.weight` or `.lora_embedding_{A,B}`), with `config`.
     pub fn from_safetensors(st: &SafeTensors, config: LoraConfig) -> Result<Self> {
         let bad = |msg: String| Error::format(st.name(), msg);
-        let mut parts: BTreeMap<String, (Option<HostTensor>, Option<HostTensor>, bool)> = BTreeMap::new();
+        let mut parts: BTreeMap<String, (Option<HostTensor>, Option<HostTensor>, bool)> =
+            BTreeMap::new();
         for key in st.tensors().keys() {
             let rest = key.strip_prefix(PEFT_PREFIX).unwrap_or(key);
             let (module, which, embedding) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
@@ -531,18 +575,28 @@ impl LoraAdapters {
                 (true, 2) => ParamKind::Embedding,
                 (false, 2) => ParamKind::Linear,
                 (false, 4) => ParamKind::Conv2d,
-                _ => return Err(bad(format!("'{name}': A has an unsupported shape {:?}", a.shape))),
+                _ => {
+                    return Err(bad(format!("'{name}': A has an unsupported shape {:?}", a.shape)))
+                }
             };
             let r = a.shape[0];
             let b_ok = match kind {
-                ParamKind::Conv2d => b.shape.len() == 4 && b.shape[1] == r && b.shape[2] == 1 && b.shape[3] == 1,
+                ParamKind::Conv2d => {
+                    b.shape.len() == 4 && b.shape[1] == r && b.shape[2] == 1 && b.shape[3] == 1
+                }
                 _ => b.shape.len() == 2 && b.shape[1] == r,
             };
             if !b_ok {
-                return Err(bad(format!("'{name}': A {:?} and B {:?} do not share the rank", a.shape, b.shape)));
+                return Err(bad(format!(
+                    "'{name}': A {:?} and B {:?} do not share the rank",
+                    a.shape, b.shape
+                )));
             }
             if r != config.r {
-                return Err(bad(format!("'{name}' has rank {r} but the config says r = {}", config.r)));
+                return Err(bad(format!(
+                    "'{name}' has rank {r} but the config says r = {}",
+                    config.r
+                )));
             }
             modules.insert(name, LoraFactors { kind, a, b });
         }
@@ -559,7 +613,10 @@ impl LoraAdapters {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        meta.insert(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(&self.config).expect("config serialises"));
+        meta.insert(
+            CONFIG_METADATA_KEY.to_string(),
+            serde_json::to_string(&self.config).expect("config serialises"),
+        );
         meta.insert(
             PEFT_CONFIG_METADATA_KEY.to_string(),
             self.config.peft_config_json(&self.target_modules()).to_string(),
@@ -584,8 +641,8 @@ impl LoraAdapters {
                 format!("no '{CONFIG_METADATA_KEY}' metadata: not a clipit LoRA adapter (for a peft folder use import_peft)"),
             )
         })?;
-        let config: LoraConfig =
-            serde_json::from_str(json).map_err(|e| Error::format(st.name(), format!("invalid LoRA config: {e}")))?;
+        let config: LoraConfig = serde_json::from_str(json)
+            .map_err(|e| Error::format(st.name(), format!("invalid LoRA config: {e}")))?;
         config.validate().map_err(|e| Error::format(st.name(), e.to_string()))?;
         Self::from_safetensors(st, config)
     }
@@ -596,8 +653,13 @@ impl LoraAdapters {
     pub fn export_peft(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        crate::fsutil::write_atomic(dir.join("adapter_model.safetensors"), &self.to_safetensors(meta)?)?;
-        let json = serde_json::to_string_pretty(&self.config.peft_config_json(&self.target_modules())).expect("json");
+        crate::fsutil::write_atomic(
+            dir.join("adapter_model.safetensors"),
+            &self.to_safetensors(meta)?,
+        )?;
+        let json =
+            serde_json::to_string_pretty(&self.config.peft_config_json(&self.target_modules()))
+                .expect("json");
         crate::fsutil::write_atomic(dir.join("adapter_config.json"), json.as_bytes())
     }
 
@@ -605,11 +667,32 @@ impl LoraAdapters {
     pub fn import_peft(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("adapter_config.json");
         let text = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let json: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| Error::format(cfg_path.display(), format!("invalid JSON: {e}")))?;
-        let config = LoraConfig::from_peft_json(&json, &cfg_path.display().to_string())?;
+        let config = Self::peft_config(&text, &cfg_path.display().to_string())?;
         let st = SafeTensors::open(&dir.join("adapter_model.safetensors"))?;
         Self::from_safetensors(&st, config)
+    }
+
+    /// [`LoraAdapters::import_peft`] from the two files' bytes (the browser's case).
+    pub fn import_peft_bytes(adapter_config_json: &[u8], adapter_model: Arc<[u8]>) -> Result<Self> {
+        let config = Self::peft_config(adapter_config_json, "adapter_config.json")?;
+        Self::from_safetensors(
+            &SafeTensors::from_bytes(adapter_model, "adapter_model.safetensors")?,
+            config,
+        )
+    }
+
+    fn peft_config(json: &[u8], name: &str) -> Result<LoraConfig> {
+        let json: serde_json::Value = serde_json::from_slice(json)
+            .map_err(|e| Error::format(name, format!("invalid JSON: {e}")))?;
+        LoraConfig::from_peft_json(&json, name)
+    }
+}
+
+/// The factor layout of a module kind: an `out_proj` of `nn.MultiheadAttention` is an `nn.Linear`.
+fn layout_kind(kind: ParamKind) -> ParamKind {
+    match kind {
+        ParamKind::MhaOutProj => ParamKind::Linear,
+        other => other,
     }
 }
 
@@ -657,7 +740,12 @@ pub fn lora_state<M: Module>(module: &M) -> Vec<LoraState> {
 /// `model.vision` or `model.text` alone. `seed` makes the init reproducible (each factor is drawn
 /// from a generator seeded by `seed` and the module name). Fails if dropout is not 0, if nothing
 /// is targeted or if a target already carries an adapter.
-pub fn apply_lora<M: Module>(module: M, names: &ParamNames, cfg: &LoraConfig, seed: u64) -> Result<M> {
+pub fn apply_lora<M: Module>(
+    module: M,
+    names: &ParamNames,
+    cfg: &LoraConfig,
+    seed: u64,
+) -> Result<M> {
     cfg.check_trainable()?;
     let mut modules = BTreeMap::new();
     for id in list_param_ids(&module) {
@@ -665,7 +753,9 @@ pub fn apply_lora<M: Module>(module: M, names: &ParamNames, cfg: &LoraConfig, se
         modules.insert(info.module().to_string(), peft_init(info, cfg.r, seed));
     }
     if modules.is_empty() {
-        return Err(Error::msg("LoRA: no parameter of this module is a target (check the targets and the ParamNames)"));
+        return Err(Error::msg(
+            "LoRA: no parameter of this module is a target (check the targets and the ParamNames)",
+        ));
     }
     let adapters = LoraAdapters { config: cfg.clone(), modules };
     Ok(adapters.attach(module, names)?.0)
@@ -680,7 +770,11 @@ fn peft_init(info: &ParamInfo, r: usize, seed: u64) -> LoraFactors {
             // lora_embedding_A [r, num] = 0, lora_embedding_B [dim, r] ~ N(0, 1).
             let (num, dim) = (shape[0], shape[1]);
             let b = (0..dim * r).map(|_| rng.normal() as f32).collect();
-            LoraFactors { kind: info.kind, a: HostTensor::new(vec![r, num], vec![0.0; r * num]), b: HostTensor::new(vec![dim, r], b) }
+            LoraFactors {
+                kind: ParamKind::Embedding,
+                a: HostTensor::new(vec![r, num], vec![0.0; r * num]),
+                b: HostTensor::new(vec![dim, r], b),
+            }
         }
         _ => {
             // lora_A [r, fan_in...] ~ kaiming_uniform(a=√5) = U(-1/√fan_in, 1/√fan_in), lora_B = 0.
@@ -690,8 +784,13 @@ fn peft_init(info: &ParamInfo, r: usize, seed: u64) -> LoraFactors {
             let a = (0..r * fan_in).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
             let mut a_shape = shape.clone();
             a_shape[0] = r;
-            let b_shape = if info.kind == ParamKind::Conv2d { vec![out, r, 1, 1] } else { vec![out, r] };
-            LoraFactors { kind: info.kind, a: HostTensor::new(a_shape, a), b: HostTensor::new(b_shape, vec![0.0; out * r]) }
+            let b_shape =
+                if info.kind == ParamKind::Conv2d { vec![out, r, 1, 1] } else { vec![out, r] };
+            LoraFactors {
+                kind: layout_kind(info.kind),
+                a: HostTensor::new(a_shape, a),
+                b: HostTensor::new(b_shape, vec![0.0; out * r]),
+            }
         }
     }
 }
@@ -702,7 +801,9 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64, name: &str) -> Self {
-        let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        let h = name
+            .bytes()
+            .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
         Self(seed ^ h.rotate_left(17))
     }
 
@@ -762,8 +863,8 @@ pub fn merge<M: Module>(module: M, cfg: &LoraConfig) -> (M, MergedLora) {
 
 /// Undoes [`merge`] as peft's `unmerge` does: subtracts `scale · a b` from each merged weight and
 /// re-attaches the same factor parameters (same ids, so optimizer state still applies). The
-/// restored base equals the original up to float rounding. Fails if a weight is missing or
-/// already carries an adapter.
+/// restored base equals the original up to float rounding; the other parameters are left as they
+/// are. Fails if a weight is missing or already carries an adapter.
 pub fn unmerge<M: Module>(module: M, merged: MergedLora) -> Result<M> {
     let scan = scan(&module);
     let present: HashSet<ParamId> = list_param_ids(&module).into_iter().collect();
@@ -793,15 +894,22 @@ where
 {
     type Reparam = LoraAdapter;
 
-    fn reparameterize<const D: usize>(&mut self, _path: &str, param: Param<Tensor<D>>) -> (Param<Tensor<D>>, Option<LoraAdapter>) {
+    fn reparameterize<const D: usize>(
+        &mut self,
+        _path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<LoraAdapter>) {
         if self.skip.contains(&param.id) {
             return (param, None);
         }
         let dims = param.lazy_shape().to_vec();
         let device = param.lazy_device();
         let base = param.set_require_grad(false);
-        let adapter = (self.make)(base.id, &dims, &device)
-            .map(|(a, b, scale)| LoraAdapter { a: Param::from_tensor(a), b: Param::from_tensor(b), scale });
+        let adapter = (self.make)(base.id, &dims, &device).map(|(a, b, scale)| LoraAdapter {
+            a: Param::from_tensor(a),
+            b: Param::from_tensor(b),
+            scale,
+        });
         (base, adapter)
     }
 }
@@ -816,12 +924,16 @@ struct Restore<'a> {
 impl Reparameterizer for Restore<'_> {
     type Reparam = LoraAdapter;
 
-    fn reparameterize<const D: usize>(&mut self, _path: &str, param: Param<Tensor<D>>) -> (Param<Tensor<D>>, Option<LoraAdapter>) {
+    fn reparameterize<const D: usize>(
+        &mut self,
+        _path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<LoraAdapter>) {
         if self.skip.contains(&param.id) {
             return (param, None);
         }
         let Some((a, b)) = self.by_id.remove(&param.id) else {
-            return (param.set_require_grad(false), None);
+            return (param, None);
         };
         let scale = self.scale;
         let delta = a.val().matmul(b.val()).mul_scalar(scale).detach();
@@ -842,7 +954,13 @@ struct Scan {
 }
 
 fn scan<M: Module>(module: &M) -> Scan {
-    let mut v = ScanVisitor { last: None, current: None, field: String::new(), a: None, out: Scan { adapted: HashMap::new(), order: Vec::new(), factors: HashSet::new() } };
+    let mut v = ScanVisitor {
+        last: None,
+        current: None,
+        field: String::new(),
+        a: None,
+        out: Scan { adapted: HashMap::new(), order: Vec::new(), factors: HashSet::new() },
+    };
     module.visit(&mut v);
     v.out
 }
@@ -882,7 +1000,8 @@ impl ModuleVisitor for ScanVisitor {
             return;
         }
         // Same tensor (same autodiff node), seen at its real rank.
-        let p = Param::initialized(param.id, Tensor::<2>::from_bridge(param.val().into_bridge())).set_require_grad(true);
+        let p = Param::initialized(param.id, Tensor::<2>::from_bridge(param.val().into_bridge()))
+            .set_require_grad(true);
         self.out.factors.insert(param.id);
         match self.field.as_str() {
             "a" => self.a = Some(p),
@@ -900,26 +1019,44 @@ impl ModuleVisitor for ScanVisitor {
 const LORA_NAME: &str = <LoraAdapter as burn::module::Reparameterization>::NAME;
 
 /// Writes the adapters of `module` to one safetensors file (see [`LoraAdapters::save`]).
-pub fn save_adapter<M: Module>(path: &Path, module: &M, names: &ParamNames, cfg: &LoraConfig) -> Result<()> {
+pub fn save_adapter<M: Module>(
+    path: &Path,
+    module: &M,
+    names: &ParamNames,
+    cfg: &LoraConfig,
+) -> Result<()> {
     LoraAdapters::from_module(module, names, cfg)?.save(path)
 }
 
 /// Reads a file written by [`save_adapter`] and attaches its adapters to `module` (see
 /// [`LoraAdapters::attach`]); returns the config and what was attached.
-pub fn load_adapter<M: Module>(path: &Path, module: M, names: &ParamNames) -> Result<(M, LoraConfig, AttachReport)> {
+pub fn load_adapter<M: Module>(
+    path: &Path,
+    module: M,
+    names: &ParamNames,
+) -> Result<(M, LoraConfig, AttachReport)> {
     let adapters = LoraAdapters::load(path)?;
     let (module, report) = adapters.attach(module, names)?;
     Ok((module, adapters.config, report))
 }
 
 /// Writes the adapters of `module` as peft's folder (see [`LoraAdapters::export_peft`]).
-pub fn export_peft<M: Module>(dir: &Path, module: &M, names: &ParamNames, cfg: &LoraConfig) -> Result<()> {
+pub fn export_peft<M: Module>(
+    dir: &Path,
+    module: &M,
+    names: &ParamNames,
+    cfg: &LoraConfig,
+) -> Result<()> {
     LoraAdapters::from_module(module, names, cfg)?.export_peft(dir)
 }
 
 /// Reads a peft adapter folder and attaches its adapters to `module` (see
 /// [`LoraAdapters::attach`]); returns the config and what was attached.
-pub fn import_peft<M: Module>(dir: &Path, module: M, names: &ParamNames) -> Result<(M, LoraConfig, AttachReport)> {
+pub fn import_peft<M: Module>(
+    dir: &Path,
+    module: M,
+    names: &ParamNames,
+) -> Result<(M, LoraConfig, AttachReport)> {
     let adapters = LoraAdapters::import_peft(dir)?;
     let (module, report) = adapters.attach(module, names)?;
     Ok((module, adapters.config, report))

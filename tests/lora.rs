@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-use burn::module::{list_param_ids, Module};
+use burn::module::list_param_ids;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use clipit::lora::{self, LoraAdapters, LoraConfig};
@@ -47,7 +47,8 @@ impl Tensors {
     fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
         let st = SafeTensors::deserialize(&self.0).unwrap();
         let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
-        let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let v =
+            t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
         (v, t.shape().to_vec())
     }
 
@@ -55,14 +56,22 @@ impl Tensors {
         let st = SafeTensors::deserialize(&self.0).unwrap();
         let t = st.tensor(name).unwrap();
         let cols = t.shape()[1];
-        let v: Vec<u32> = t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect();
+        let v: Vec<u32> = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect();
         v.chunks(cols).map(<[u32]>::to_vec).collect()
     }
 
     /// name → (shape, raw bytes) for every tensor.
     fn raw(&self) -> Vec<(String, Vec<usize>, Vec<u8>)> {
         let st = SafeTensors::deserialize(&self.0).unwrap();
-        let mut out: Vec<_> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
+        let mut out: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec()))
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -90,7 +99,8 @@ impl Probe {
     }
 
     fn image(&self, model: &Model, device: &Device) -> Vec<f32> {
-        let input = Tensor::<4>::from_data(TensorData::new(self.pixels.0.clone(), self.pixels.1), device);
+        let input =
+            Tensor::<4>::from_data(TensorData::new(self.pixels.0.clone(), self.pixels.1), device);
         matrix_to_host(model.encode_images(input).unwrap()).unwrap().0
     }
 
@@ -110,14 +120,26 @@ fn assert_close(name: &str, what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert!(err <= tol, "{name}: {what}: rel err {err:e} > {tol:e}");
 }
 
-fn check_outputs(name: &str, what: &str, got: &(Vec<f32>, Option<Vec<f32>>), exp: &Tensors, prefix: &str) {
+fn check_outputs(
+    name: &str,
+    what: &str,
+    got: &(Vec<f32>, Option<Vec<f32>>),
+    exp: &Tensors,
+    prefix: &str,
+) {
     assert_close(name, what, &got.0, &exp.f32(&format!("{prefix}image_embeds")).0, 1e-4);
     if let Some(text) = &got.1 {
         assert_close(name, what, text, &exp.f32(&format!("{prefix}text_embeds")).0, 1e-4);
     }
 }
 
-fn check_same(name: &str, what: &str, got: &(Vec<f32>, Option<Vec<f32>>), want: &(Vec<f32>, Option<Vec<f32>>), tol: f32) {
+fn check_same(
+    name: &str,
+    what: &str,
+    got: &(Vec<f32>, Option<Vec<f32>>),
+    want: &(Vec<f32>, Option<Vec<f32>>),
+    tol: f32,
+) {
     assert_close(name, what, &got.0, &want.0, tol);
     if let (Some(a), Some(b)) = (&got.1, &want.1) {
         assert_close(name, what, a, b, tol);
@@ -125,10 +147,14 @@ fn check_same(name: &str, what: &str, got: &(Vec<f32>, Option<Vec<f32>>), want: 
 }
 
 /// Attaches `adapters` to both towers; returns the merged report lists.
-fn attach_all(mut model: Model, adapters: &LoraAdapters) -> (Model, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
+fn attach_all(
+    mut model: Model,
+    adapters: &LoraAdapters,
+) -> (Model, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
     let (vision, rv) = adapters.attach(model.vision.clone(), &model.params).unwrap();
     model.vision = vision;
-    let (mut attached, mut inert) = (BTreeSet::from_iter(rv.attached), BTreeSet::from_iter(rv.inert));
+    let (mut attached, mut inert) =
+        (BTreeSet::from_iter(rv.attached), BTreeSet::from_iter(rv.inert));
     let mut unmatched_v: BTreeSet<String> = rv.unmatched.into_iter().collect();
     if let Some(text) = model.text.clone() {
         let (text, rt) = adapters.attach(text, &model.params).unwrap();
@@ -185,11 +211,18 @@ fn check_peft_fixture(name: &str, inert_expected: usize, unmatched_prefixes: &[&
     let adapters = LoraAdapters::import_peft(&dir).unwrap();
     assert_eq!((adapters.config.r, adapters.config.alpha, adapters.config.dropout), (4, 8.0, 0.0));
     let (model, attached, inert, unmatched) = attach_all(model, &adapters);
-    assert_eq!(attached.len() + inert.len() + unmatched.len(), adapters.modules.len(), "{name}: every adapter accounted for");
+    assert_eq!(
+        attached.len() + inert.len() + unmatched.len(),
+        adapters.modules.len(),
+        "{name}: every adapter accounted for"
+    );
     assert_eq!(inert.len(), inert_expected, "{name}: inert {inert:?}");
     assert!(inert.iter().all(|m| m.ends_with("attn.out_proj")), "{name}: inert {inert:?}");
     for m in &unmatched {
-        assert!(unmatched_prefixes.iter().any(|p| m.starts_with(p)), "{name}: unexpected unmatched adapter {m}");
+        assert!(
+            unmatched_prefixes.iter().any(|p| m.starts_with(p)),
+            "{name}: unexpected unmatched adapter {m}"
+        );
     }
 
     // Adapted forward = peft's.
@@ -204,7 +237,9 @@ fn check_peft_fixture(name: &str, inert_expected: usize, unmatched_prefixes: &[&
     let theirs: Vec<_> = Tensors::open(&dir.join("adapter_model.safetensors"))
         .raw()
         .into_iter()
-        .filter(|(k, _, _)| attached.iter().any(|m| k.starts_with(&format!("base_model.model.{m}.lora_"))))
+        .filter(|(k, _, _)| {
+            attached.iter().any(|m| k.starts_with(&format!("base_model.model.{m}.lora_")))
+        })
         .collect();
     assert_eq!(ours.len(), 2 * attached.len(), "{name}: exported tensor count");
     assert_eq!(ours, theirs, "{name}: exported tensors differ from peft's");
@@ -214,7 +249,8 @@ fn check_peft_fixture(name: &str, inert_expected: usize, unmatched_prefixes: &[&
         assert!(our_bytes == peft_bytes, "{name}: exported file is not byte-identical to peft's");
     }
     let cfg_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("adapter_config.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out.path().join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg_json["peft_type"], "LORA");
     assert_eq!(cfg_json["r"], 4);
     assert_eq!(cfg_json["lora_alpha"], 8);
@@ -238,7 +274,8 @@ fn check_peft_fixture(name: &str, inert_expected: usize, unmatched_prefixes: &[&
     // Unmerge: the adapters are back and give the adapted outputs again.
     let restored = unmerge_model(merged_model, merged);
     assert_eq!(
-        lora::lora_state(&restored.vision).len() + restored.text.as_ref().map_or(0, |t| lora::lora_state(t).len()),
+        lora::lora_state(&restored.vision).len()
+            + restored.text.as_ref().map_or(0, |t| lora::lora_state(t).len()),
         attached.len()
     );
     check_outputs(name, "unmerged outputs", &probe.run(&restored, &device), &exp, "");
@@ -274,7 +311,19 @@ fn conch_mha_out_proj_opt_in_matches_peft_merge() {
     let (model, attached, inert, _) = attach_all(model, &adapters);
     assert!(inert.is_empty());
     assert!(attached.contains("visual.attn_pool_contrast.attn.out_proj"));
-    check_outputs("conch", "mha_out_proj on vs peft merged", &Probe::new("conch").run(&model, &device), &exp, "merged_");
+    // Read back from the model, the factors are peft's (the out_proj ones stored as Linear).
+    let back = adapters_of(&model, &adapters.config);
+    assert_eq!(back.modules.len(), attached.len());
+    for (m, f) in &back.modules {
+        assert_eq!(f, &adapters.modules[m], "{m}");
+    }
+    check_outputs(
+        "conch",
+        "mha_out_proj on vs peft merged",
+        &Probe::new("conch").run(&model, &device),
+        &exp,
+        "merged_",
+    );
 }
 
 #[test]
@@ -298,15 +347,48 @@ fn save_and_load_round_trip() {
     check_outputs(name, "after save + load", &Probe::new(name).run(&fresh, &device), &exp, "");
 
     let mut fresh = Model::load(&fixture(name), &device).unwrap();
-    let (vision, cfg, report) = lora::load_adapter(&vision_only, fresh.vision.clone(), &fresh.params).unwrap();
+    let (vision, cfg, report) =
+        lora::load_adapter(&vision_only, fresh.vision.clone(), &fresh.params).unwrap();
     fresh.vision = vision;
     assert_eq!(cfg, adapters.config);
     assert!(report.unmatched.is_empty() && report.inert.is_empty());
     assert_eq!(report.attached.len(), 15);
-    assert_close(name, "vision after load_adapter", &Probe::new(name).image(&fresh, &device), &exp.f32("image_embeds").0, 1e-4);
+    assert_close(
+        name,
+        "vision after load_adapter",
+        &Probe::new(name).image(&fresh, &device),
+        &exp.f32("image_embeds").0,
+        1e-4,
+    );
 
     // A peft folder is not a clipit adapter file and vice versa.
-    assert!(LoraAdapters::load(&lora_dir(name).join("adapter_model.safetensors")).unwrap_err().to_string().contains("import_peft"));
+    assert!(LoraAdapters::load(&lora_dir(name).join("adapter_model.safetensors"))
+        .unwrap_err()
+        .to_string()
+        .contains("import_peft"));
+}
+
+/// peft configs this crate cannot reproduce are refused with a reason.
+#[test]
+fn unsupported_peft_configs_are_refused() {
+    let base = serde_json::json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "bias": "none",
+        "use_rslora": true, "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": null, "use_dora": false});
+    let cfg = LoraConfig::from_peft_json(&base, "x").unwrap();
+    assert_eq!((cfg.r, cfg.alpha, cfg.dropout, cfg.rslora), (4, 8.0, 0.1, true));
+    assert_eq!(cfg.scale(), 4.0);
+    assert!(cfg.check_trainable().is_err(), "dropout 0.1 cannot be trained");
+    for (key, value, why) in [
+        ("use_dora", serde_json::json!(true), "DoRA"),
+        ("bias", serde_json::json!("all"), "biases"),
+        ("rank_pattern", serde_json::json!({"fc1": 8}), "rank_pattern"),
+        ("modules_to_save", serde_json::json!(["head"]), "modules_to_save"),
+        ("peft_type", serde_json::json!("IA3"), "LORA"),
+    ] {
+        let mut j = base.clone();
+        j[key] = value;
+        let err = LoraConfig::from_peft_json(&j, "x").unwrap_err().to_string();
+        assert!(err.contains(why), "{key}: {err}");
+    }
 }
 
 /// Number of adapters `apply_lora` attaches per tower, and peft's init.
@@ -328,7 +410,11 @@ fn apply_lora_targets_and_peft_init() {
         let state = lora::lora_state(&vision);
         assert_eq!(state.len(), n_vision, "{name}: vision targets");
         let text = model.text.clone().map(|t| lora::apply_lora(t, &model.params, &cfg, 7).unwrap());
-        assert_eq!(text.as_ref().map(|t| lora::lora_state(t).len()), n_text, "{name}: text targets");
+        assert_eq!(
+            text.as_ref().map(|t| lora::lora_state(t).len()),
+            n_text,
+            "{name}: text targets"
+        );
         let mut all = state;
         all.extend(text.as_ref().map(lora::lora_state).unwrap_or_default());
         for s in &all {
@@ -337,16 +423,29 @@ fn apply_lora_targets_and_peft_init() {
             let (b, [_, _]) = matrix_to_host(s.b.clone()).unwrap();
             assert_eq!(r, 4);
             if info.kind == ParamKind::Embedding {
-                assert!(a.iter().all(|&v| v == 0.0), "{name}: {}: embedding A must be zero", info.tensor);
+                assert!(
+                    a.iter().all(|&v| v == 0.0),
+                    "{name}: {}: embedding A must be zero",
+                    info.tensor
+                );
                 let mean = b.iter().sum::<f32>() / b.len() as f32;
-                let std = (b.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / b.len() as f32).sqrt();
-                assert!(b.len() < 64 || (0.6..1.4).contains(&std), "{name}: {}: embedding B std {std}", info.tensor);
+                let std =
+                    (b.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / b.len() as f32).sqrt();
+                assert!(
+                    b.len() < 64 || (0.6..1.4).contains(&std),
+                    "{name}: {}: embedding B std {std}",
+                    info.tensor
+                );
                 assert!(b.iter().any(|&v| v != 0.0));
             } else {
                 // Kaiming-uniform(a=√5): U(-1/√fan_in, 1/√fan_in); fan_in = Burn rows (in, or c·kh·kw).
                 let bound = 1.0 / (rows as f32).sqrt();
                 let max = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-                assert!(max <= bound && max > 0.8 * bound, "{name}: {}: A max {max} vs bound {bound}", info.tensor);
+                assert!(
+                    max <= bound && max > 0.8 * bound,
+                    "{name}: {}: A max {max} vs bound {bound}",
+                    info.tensor
+                );
                 assert!(b.iter().all(|&v| v == 0.0), "{name}: {}: B must be zero", info.tensor);
             }
         }
@@ -372,7 +471,16 @@ fn apply_lora_options_and_errors() {
     assert_eq!(names.get(state[0].base).unwrap().tensor, "patch_embed.proj.weight");
     // Same seed, same init; another seed, another.
     let cfg = LoraConfig::new(4, 8.0);
-    let a = |seed| matrix_to_host(lora::lora_state(&lora::apply_lora(model.vision.clone(), names, &cfg, seed).unwrap())[3].a.clone()).unwrap().0;
+    let a = |seed| {
+        matrix_to_host(
+            lora::lora_state(&lora::apply_lora(model.vision.clone(), names, &cfg, seed).unwrap())
+                [3]
+            .a
+            .clone(),
+        )
+        .unwrap()
+        .0
+    };
     assert_eq!(a(3), a(3));
     assert_ne!(a(3), a(4));
     // Dropout cannot be trained.
@@ -397,7 +505,15 @@ fn apply_lora_options_and_errors() {
 #[test]
 fn param_names_cover_every_parameter() {
     let device = cpu();
-    for name in ["timm_vit_small", "timm_uni", "timm_dinov2_reg4", "hf_clip_quickgelu", "hf_clip_gelu", "open_clip", "conch"] {
+    for name in [
+        "timm_vit_small",
+        "timm_uni",
+        "timm_dinov2_reg4",
+        "hf_clip_quickgelu",
+        "hf_clip_gelu",
+        "open_clip",
+        "conch",
+    ] {
         let model = Model::load(&fixture(name), &device).unwrap();
         let mut ids = list_param_ids(&model.vision);
         ids.extend(model.text.as_ref().map(list_param_ids).unwrap_or_default());
@@ -412,7 +528,10 @@ fn param_names_cover_every_parameter() {
     let model = Model::load(&fixture("open_clip"), &device).unwrap();
     let kind_of = |t: &str| model.params.iter().find(|(_, i)| i.tensor == t).map(|(_, i)| i.kind);
     assert_eq!(kind_of("visual.conv1.weight"), Some(ParamKind::Conv2d));
-    assert_eq!(kind_of("transformer.resblocks.0.attn.out_proj.weight"), Some(ParamKind::MhaOutProj));
+    assert_eq!(
+        kind_of("transformer.resblocks.0.attn.out_proj.weight"),
+        Some(ParamKind::MhaOutProj)
+    );
     assert_eq!(kind_of("transformer.resblocks.0.attn.in_proj_weight"), Some(ParamKind::Parameter));
     assert_eq!(kind_of("transformer.resblocks.0.mlp.c_fc.weight"), Some(ParamKind::Linear));
     assert_eq!(kind_of("token_embedding.weight"), Some(ParamKind::Embedding));
@@ -421,15 +540,25 @@ fn param_names_cover_every_parameter() {
     assert_eq!(kind_of("ln_final.weight"), Some(ParamKind::Norm));
     let hf = Model::load(&fixture("hf_clip_quickgelu"), &device).unwrap();
     let kind_of = |t: &str| hf.params.iter().find(|(_, i)| i.tensor == t).map(|(_, i)| i.kind);
-    assert_eq!(kind_of("text_model.embeddings.position_embedding.weight"), Some(ParamKind::Embedding));
+    assert_eq!(
+        kind_of("text_model.embeddings.position_embedding.weight"),
+        Some(ParamKind::Embedding)
+    );
     assert_eq!(kind_of("vision_model.embeddings.class_embedding"), Some(ParamKind::Parameter));
     assert_eq!(kind_of("visual_projection.weight"), Some(ParamKind::Linear));
-    assert_eq!(kind_of("vision_model.encoder.layers.0.self_attn.out_proj.weight"), Some(ParamKind::Linear));
+    assert_eq!(
+        kind_of("vision_model.encoder.layers.0.self_attn.out_proj.weight"),
+        Some(ParamKind::Linear)
+    );
 }
 
 fn safetensors_names(name: &str) -> HashSet<String> {
     let dir = fixture(name);
-    let file = ["model.safetensors", "open_clip_model.safetensors"].iter().map(|f| dir.join(f)).find(|p| p.exists()).unwrap();
+    let file = ["model.safetensors", "open_clip_model.safetensors"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .unwrap();
     let bytes = std::fs::read(file).unwrap();
     SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect()
 }
@@ -443,7 +572,10 @@ fn only_lora_factors_train() {
         let model = Model::load(&fixture(name), &device).unwrap();
         let probe = Probe::new(name);
         let vision = lora::apply_lora(model.vision.clone(), &model.params, &cfg, 5).unwrap();
-        let input = Tensor::<4>::from_data(TensorData::new(probe.pixels.0.clone(), probe.pixels.1), &device);
+        let input = Tensor::<4>::from_data(
+            TensorData::new(probe.pixels.0.clone(), probe.pixels.1),
+            &device,
+        );
         let loss = vision.forward(input).powi_scalar(2).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &vision);
         let state = lora::lora_state(&vision);
@@ -462,8 +594,15 @@ fn only_lora_factors_train() {
             let loss = text.forward(probe.ids.as_ref().unwrap()).unwrap().powi_scalar(2).sum();
             let grads = GradientsParams::from_grads(loss.backward(), &text);
             let state = lora::lora_state(&text);
-            assert_eq!(grads.len(), 2 * state.len(), "{name}: text gradients on non-LoRA parameters");
-            let emb = state.iter().find(|s| model.params.get(s.base).unwrap().kind == ParamKind::Embedding).unwrap();
+            assert_eq!(
+                grads.len(),
+                2 * state.len(),
+                "{name}: text gradients on non-LoRA parameters"
+            );
+            let emb = state
+                .iter()
+                .find(|s| model.params.get(s.base).unwrap().kind == ParamKind::Embedding)
+                .unwrap();
             let a_grad = matrix_to_host(grads.get::<2>(emb.a_id).unwrap()).unwrap().0;
             assert!(a_grad.iter().any(|&g| g != 0.0), "{name}: embedding A gets no gradient");
         }

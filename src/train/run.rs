@@ -17,7 +17,7 @@ use crate::embed::{embed_image_files, embed_texts};
 use crate::lora::LoraConfig;
 use crate::metrics::Report;
 use crate::model::Model;
-use crate::retrieval::{matrix_from_host, top_k, Corpus};
+use crate::retrieval::{matrix_from_host, matrix_to_host, top_k, Corpus};
 use crate::{Error, Result};
 
 /// The training methods of the paper's tables.
@@ -174,10 +174,8 @@ fn evaluate(model: &ClipItModel, loader: &BatchLoader, targets: Option<&TextTarg
             Some(_) => model.forward(tb.pixels).logits,
             None => model.heads.h_v.forward(model.backbone.forward(tb.pixels)),
         };
-        let p = burn::tensor::activation::softmax(logits, 1);
-        let [rows, cols] = p.dims();
-        let v: Vec<f32> = p.into_data().to_vec().map_err(|e| Error::msg(format!("{e:?}")))?;
-        probs.extend((0..rows).map(|r| v[r * cols..(r + 1) * cols].to_vec()));
+        let (v, [_, cols]) = matrix_to_host(burn::tensor::activation::softmax(logits, 1))?;
+        probs.extend(v.chunks(cols).map(<[f32]>::to_vec));
         labels.extend_from_slice(&batch.labels);
     }
     if n == 0 {
@@ -304,8 +302,6 @@ pub fn predict(cfg: &RunConfig, model: &ClipItModel, pixels: Vec<f32>, n: usize,
         Method::Clipit => model.forward(x).logits,
         Method::LinearProbe => model.heads.h_v.forward(model.backbone.forward(x)),
     };
-    let p = burn::tensor::activation::softmax(logits, 1);
-    let c = p.dims()[1];
-    let v: Vec<f32> = p.into_data().to_vec().map_err(|e| Error::msg(format!("{e:?}")))?;
+    let (v, [_, c]) = matrix_to_host(burn::tensor::activation::softmax(logits, 1))?;
     Ok(v.chunks(c).map(<[f32]>::to_vec).collect())
 }
