@@ -12,6 +12,7 @@ saves the adapter with `save_pretrained` and records the adapted and the merged 
   tests/fixtures/lora/<name>/expected.safetensors        outputs on the base fixture's pixel_values / input_ids:
       image_embeds, text_embeds                 peft model, adapters active (f32, CPU, eval)
       merged_image_embeds, merged_text_embeds   after peft's merge_and_unload()
+      base_image_embeds, base_text_embeds       before LoRA (the base fixture's own outputs)
   tests/fixtures/lora/<name>/expected.json               what was done, versions, the target list
 
 Fixtures:
