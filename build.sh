@@ -4,6 +4,8 @@
 #   ./build.sh          set up, build the CLI and run the demo on the bundled tiles
 #   ./build.sh test     set up and run every test (what CI runs)
 #   ./build.sh cli      build the native CLI only
+#   ./build.sh web      build the browser module (wasm32 + wasm-bindgen) into pkg/
+#   ./build.sh serve    build it and serve the page (www/ + pkg/) on http://127.0.0.1:8080
 #
 # Builds share one cargo target folder outside the clone ($CARGO_TARGET_DIR, by default
 # ~/.cache/clipit/target), so a second clone or CI reuses the compiled dependencies.
@@ -55,6 +57,46 @@ demo() {
   log "outputs in $out"
 }
 
+# --- The page (www/): a wasm32 build of the library in its own target folder. -------------------
+WASM_TARGET_DIR="${CLIPIT_WASM_TARGET_DIR:-$HOME/.cache/clipit/target-wasm}"
+
+# The wasm-bindgen version pinned in Cargo.lock (the CLI must match it exactly).
+wasm_bindgen_version() {
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock
+}
+
+setup_web() {
+  need_cargo
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    log "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+  fi
+  local want have
+  want="$(wasm_bindgen_version)"
+  have="$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)"
+  if [ "$have" != "$want" ]; then
+    log "installing wasm-bindgen-cli $want (found '${have:-none}'; takes a few minutes)"
+    cargo install wasm-bindgen-cli --version "$want"
+  fi
+}
+
+# Builds pkg/clipit.js + pkg/clipit_bg.wasm. No wasm-opt: Debian's binaryen breaks the module.
+build_web() {
+  setup_web
+  log "building the browser module (profile web; a cold build takes ~20 min on 2 cores)"
+  CARGO_TARGET_DIR="$WASM_TARGET_DIR" cargo build --target wasm32-unknown-unknown \
+    --no-default-features --features web --lib --profile web
+  wasm-bindgen --target web --out-dir pkg "$WASM_TARGET_DIR/wasm32-unknown-unknown/web/clipit.wasm"
+  log "pkg/: $(du -h pkg/clipit_bg.wasm | cut -f1) clipit_bg.wasm"
+}
+
+serve() {
+  build_web
+  command -v python3 >/dev/null || { echo "python3 not found (it serves the page)" >&2; exit 1; }
+  log "serving the page on http://127.0.0.1:${PORT:-8080}/ (Ctrl-C stops it; nothing leaves this machine)"
+  exec python3 www/serve.py --port "${PORT:-8080}"
+}
+
 run_tests() {
   need_cargo
   setup_vulkan
@@ -69,5 +111,7 @@ case "${1:-demo}" in
   demo) demo ;;
   test) run_tests ;;
   cli) build_cli ;;
-  *) echo "usage: ./build.sh [demo|test|cli]" >&2; exit 2 ;;
+  web) build_web ;;
+  serve) serve ;;
+  *) echo "usage: ./build.sh [demo|test|cli|web|serve]" >&2; exit 2 ;;
 esac

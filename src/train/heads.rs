@@ -6,13 +6,22 @@
 //! - fc: `Linear(2C, C)`, the late fusion of the two logit vectors.
 //!
 //! Inference is vision-only: `fc([h_v(v), fc0(h_d(v))])`.
+//!
+//! The distillation target t is the teacher's text embedding of the image's paired report. It is
+//! either precomputed once with the frozen teacher (the default), or, as in the official code,
+//! computed in the loop by the teacher's text tower carrying LoRA adapters that train too
+//! ([`ClipItModel::text`], see [`text_lora_tower`]).
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{leaky_relu, log_softmax, softmax};
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::lora::{apply_lora, LoraConfig};
+use crate::model::text::TextTransformer;
 use crate::model::vit::VisionTransformer;
+use crate::model::Model;
+use crate::{Error, Result};
 
 /// Negative slope of the heads' LeakyReLU, as in the official code.
 const LEAKY_SLOPE: f64 = 0.1;
@@ -105,6 +114,10 @@ pub struct ClipItModel {
     pub backbone: VisionTransformer,
     /// The heads.
     pub heads: ClipItHeads,
+    /// Text-LoRA mode: the teacher's text tower with LoRA, run in the loop on the reports' token
+    /// ids so that the distillation gradient also trains its adapters (the official code's
+    /// behaviour). `None` when the text targets are precomputed. Unused at inference.
+    pub text: Option<TextTransformer>,
 }
 
 impl ClipItModel {
@@ -117,6 +130,14 @@ impl ClipItModel {
     pub fn predict(&self, pixels: Tensor<4>) -> Tensor<2> {
         softmax(self.forward(pixels).logits, 1)
     }
+}
+
+/// The teacher's text tower with fresh LoRA adapters for text-LoRA training: peft's targets
+/// (token embedding and MLP linears; the inert `MultiheadAttention.out_proj` adapters left out, as
+/// peft never trains them), every other weight frozen. `seed` as in [`apply_lora`].
+pub fn text_lora_tower(teacher: &Model, cfg: &LoraConfig, seed: u64) -> Result<TextTransformer> {
+    let text = teacher.text.clone().ok_or_else(|| Error::msg(format!("{}: the teacher has no text encoder", teacher.name)))?;
+    apply_lora(text, &teacher.params, cfg, seed)
 }
 
 /// Mean cross-entropy of `logits` against integer `targets`.

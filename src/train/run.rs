@@ -5,14 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{RunDir, RunState};
 use super::data::{BatchLoader, Dataset, LoaderConfig};
 use super::heads::{ClipItModel, HeadsConfig};
 use super::split::stratified_split;
-use super::trainer::{clipit_batch_loss, vision_batch_loss, StepLog, TrainBatch, TrainOptions, Trainer};
+use super::heads::cross_entropy;
+use super::trainer::{clipit_batch_loss, vision_batch_loss, LossParts, StepLog, TrainBatch, TrainOptions, Trainer};
 use crate::embed::{embed_image_files, embed_texts};
 use crate::lora::LoraConfig;
 use crate::metrics::Report;
@@ -150,7 +151,7 @@ fn build_model(cfg: &RunConfig, device: &Device) -> Result<ClipItModel> {
     if let (Method::Clipit, Some(lora)) = (cfg.method, &cfg.lora) {
         vision = crate::lora::apply_lora(vision, &backbone.params, lora, cfg.options.seed)?;
     }
-    Ok(ClipItModel { backbone: vision, heads: cfg.heads.init(device) })
+    Ok(ClipItModel { backbone: vision, heads: cfg.heads.init(device), text: None })
 }
 
 /// Mean loss and class probabilities over a loader's data (no gradients).
@@ -182,6 +183,109 @@ fn evaluate(model: &ClipItModel, loader: &BatchLoader, targets: Option<&TextTarg
         return Err(Error::msg("no validation image could be read"));
     }
     Ok((loss_sum / n as f64, probs, labels))
+}
+
+/// Frozen backbone features of a dataset, computed once.
+struct Features {
+    /// Row-major `[samples, dim]`.
+    values: Vec<f32>,
+    labels: Vec<usize>,
+    dim: usize,
+}
+
+fn extract_features(model: &ClipItModel, loader: &BatchLoader) -> Result<Features> {
+    let model = model.valid();
+    let plain = model.backbone.pos_embed.val().device();
+    let (mut values, mut labels, mut dim) = (Vec::new(), Vec::new(), 0);
+    for batch in loader.epoch(0) {
+        let (v, [_, d]) = matrix_to_host(model.backbone.forward(batch.to_tensor(&plain)))?;
+        values.extend(v);
+        labels.extend_from_slice(&batch.labels);
+        dim = d;
+    }
+    if labels.is_empty() {
+        return Err(Error::msg("no image could be read to compute features"));
+    }
+    Ok(Features { values, labels, dim })
+}
+
+/// Where training batches come from.
+enum Source {
+    /// Streamed, augmented images (CLIP-IT).
+    Images { train: BatchLoader, val: BatchLoader, train_targets: Option<TextTargets>, val_targets: Option<TextTargets> },
+    /// Cached features (linear probe), shuffled per epoch.
+    Features { train: Features, val: Features, batch: usize, seed: u64 },
+}
+
+impl Source {
+    fn batches_per_epoch(&self) -> usize {
+        match self {
+            Source::Images { train, .. } => train.num_batches(),
+            Source::Features { train, batch, .. } => train.labels.len().div_ceil(*batch),
+        }
+    }
+
+    /// The batches of one epoch (`None` for a batch with no readable image) and their sizes.
+    fn epoch<'a>(&'a self, epoch: usize, device: &'a Device) -> Box<dyn Iterator<Item = Option<(StepInput, usize)>> + 'a> {
+        match self {
+            Source::Images { train, train_targets, .. } => Box::new(train.epoch(epoch as u64).map(move |b| {
+                (!b.is_empty()).then(|| {
+                    let targets = train_targets.as_ref().map(|t| t.rows(&b.indices));
+                    (StepInput::Images(TrainBatch::from_host(b.pixels.clone(), b.crop, &b.labels, targets, device)), b.len())
+                })
+            })),
+            Source::Features { train, batch, seed, .. } => {
+                let mut order: Vec<usize> = (0..train.labels.len()).collect();
+                super::split::Rng::derive(*seed, &[epoch as u64]).shuffle(&mut order);
+                let chunks: Vec<Vec<usize>> = order.chunks(*batch).map(<[usize]>::to_vec).collect();
+                Box::new(chunks.into_iter().map(move |idx| Some((feature_batch(train, &idx, device), idx.len()))))
+            }
+        }
+    }
+
+    /// Mean validation loss and class probabilities (no gradients).
+    fn evaluate(&self, model: &ClipItModel, opts: &TrainOptions, device: &Device) -> Result<(f64, Vec<Vec<f32>>, Vec<usize>)> {
+        match self {
+            Source::Images { val, val_targets, .. } => evaluate(model, val, val_targets.as_ref(), opts, device),
+            Source::Features { val, .. } => {
+                let model = model.valid();
+                let plain = device.clone().without_autodiff();
+                let all: Vec<usize> = (0..val.labels.len()).collect();
+                let StepInput::Features { x, labels } = feature_batch(val, &all, &plain) else { unreachable!() };
+                let loss = f64::from(probe_loss(&model, x.clone(), labels, opts)?.total.into_scalar::<f32>());
+                let logits = model.heads.h_v.forward(x);
+                let (v, [_, c]) = matrix_to_host(burn::tensor::activation::softmax(logits, 1))?;
+                Ok((loss, v.chunks(c).map(<[f32]>::to_vec).collect(), val.labels.clone()))
+            }
+        }
+    }
+}
+
+/// One step's input: an image batch, or cached features with their labels.
+enum StepInput {
+    /// Images (and text targets) for CLIP-IT.
+    Images(TrainBatch),
+    /// Cached backbone features `[n, dim]` and labels for the linear probe.
+    Features { x: Tensor<2>, labels: Tensor<1, Int> },
+}
+
+/// A batch of cached features.
+fn feature_batch(f: &Features, idx: &[usize], device: &Device) -> StepInput {
+    let mut rows = Vec::with_capacity(idx.len() * f.dim);
+    for &i in idx {
+        rows.extend_from_slice(&f.values[i * f.dim..(i + 1) * f.dim]);
+    }
+    let labels: Vec<i64> = idx.iter().map(|&i| f.labels[i] as i64).collect();
+    StepInput::Features {
+        x: Tensor::from_data(TensorData::new(rows, [idx.len(), f.dim]), device),
+        labels: Tensor::from_data(TensorData::new(labels, [idx.len()]), device),
+    }
+}
+
+/// The linear probe's loss: CE of h_v on cached features.
+fn probe_loss(model: &ClipItModel, x: Tensor<2>, labels: Tensor<1, Int>, opts: &TrainOptions) -> Result<LossParts> {
+    let ce = cross_entropy(model.heads.h_v.forward(x), labels, opts.paper_compat);
+    Ok(LossParts { total: ce.clone(), ce: ce.detach(), kd: None })
 }
 
 /// Runs training as configured and writes the run folder.
@@ -218,8 +322,17 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
     let mut train_cfg = LoaderConfig::new(preprocess, opts.batch_size);
     train_cfg.seed = opts.seed;
     train_cfg.augment = cfg.augment.then(super::augment::AugmentConfig::paper);
-    let train_loader = BatchLoader::new(train_set, train_cfg)?;
     let val_loader = BatchLoader::new(val_set, LoaderConfig::eval(preprocess, opts.batch_size))?;
+    // The linear probe trains on backbone features computed once; CLIP-IT streams images.
+    let source = match cfg.method {
+        Method::LinearProbe => {
+            eprintln!("caching frozen backbone features ...");
+            let train = extract_features(&model, &BatchLoader::new(train_set, LoaderConfig::eval(preprocess, opts.batch_size))?)?;
+            let val = extract_features(&model, &val_loader)?;
+            Source::Features { train, val, batch: opts.batch_size, seed: opts.seed }
+        }
+        Method::Clipit => Source::Images { train: BatchLoader::new(train_set, train_cfg)?, val: val_loader, train_targets, val_targets },
+    };
 
     let mut trainer = Trainer::new(model, opts.clone());
     let mut state = RunState::default();
@@ -234,33 +347,29 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
         let _ = std::fs::remove_file(run.file("metrics.jsonl"));
     }
 
-    let per_epoch = train_loader.num_batches();
+    let per_epoch = source.batches_per_epoch();
     let total = opts.max_steps.unwrap_or(usize::MAX).min(per_epoch * opts.epochs);
     let val_every = if opts.val_every == 0 { per_epoch } else { opts.val_every };
     let start = std::time::Instant::now();
-    let start_step = trainer.step;
     let mut images = 0usize;
     'epochs: for epoch in state.epochs_done..opts.epochs {
         // On resume, skip the batches of this epoch that the checkpoint already covers.
         let skip = trainer.step.saturating_sub(epoch * per_epoch);
-        for batch in train_loader.epoch(epoch as u64).skip(skip) {
+        for batch in source.epoch(epoch, device).skip(skip) {
             if trainer.step >= total {
                 break 'epochs;
             }
-            if batch.is_empty() {
-                continue;
-            }
-            let tb = TrainBatch::from_host(batch.pixels.clone(), batch.crop, &batch.labels, train_targets.as_ref().map(|t| t.rows(&batch.indices)), device);
-            let log = match cfg.method {
-                Method::Clipit => trainer.step(epoch, |m| clipit_batch_loss(m, &tb, opts))?,
-                Method::LinearProbe => trainer.step(epoch, |m| vision_batch_loss(m, &tb, opts))?,
+            let Some((batch, n)) = batch else { continue };
+            let log = match &batch {
+                StepInput::Images(b) => trainer.step(epoch, |m| clipit_batch_loss(m, b, opts))?,
+                StepInput::Features { x, labels } => trainer.step(epoch, |m| probe_loss(m, x.clone(), labels.clone(), opts))?,
             };
-            images += batch.len();
+            images += n;
             run.log(&log)?;
             (inputs.on_step)(&log, total);
             state.step = trainer.step;
             if trainer.step % val_every == 0 || trainer.step == total {
-                let (val_loss, probs, labels) = evaluate(&trainer.model, &val_loader, val_targets.as_ref(), opts, device)?;
+                let (val_loss, probs, labels) = source.evaluate(&trainer.model, opts, device)?;
                 let report = Report::from_probs(&probs, &labels, &cfg.classes)?;
                 run.log(&ValLog { step: trainer.step, val_loss, val_balanced_accuracy: report.balanced_accuracy })?;
                 if state.best_val_loss.is_none_or(|b| val_loss < b) {
@@ -277,11 +386,10 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
     let elapsed = start.elapsed().as_secs_f64();
 
     let best = run.load_params("best.bpk", trainer.model.clone())?;
-    let (_, probs, labels) = evaluate(&best, &val_loader, val_targets.as_ref(), opts, device)?;
+    let (_, probs, labels) = source.evaluate(&best, opts, device)?;
     let report = Report::from_probs(&probs, &labels, &cfg.classes)?;
     run.write_json("report.json", &report)?;
     crate::fsutil::write_atomic(run.file("curves.svg"), super::plot::curves_svg(&run.file("metrics.jsonl"))?.as_bytes())?;
-    let _ = start_step;
     Ok(RunSummary { report, steps: trainer.step, best_step: state.best_step, images_per_sec: images as f64 / elapsed.max(1e-9) })
 }
 

@@ -81,8 +81,11 @@ pub struct TrainBatch {
     pub pixels: Tensor<4>,
     /// Class indices `[n]`.
     pub labels: Tensor<1, Int>,
-    /// Text targets `[n, d_t]` (CLIP-IT only).
+    /// Text targets `[n, d_t]` (CLIP-IT with precomputed targets).
     pub text_targets: Option<Tensor<2>>,
+    /// Token ids of each image's paired report (CLIP-IT in text-LoRA mode, where the model's text
+    /// tower computes the targets in the loop).
+    pub token_ids: Option<Vec<Vec<u32>>>,
 }
 
 impl TrainBatch {
@@ -92,7 +95,13 @@ impl TrainBatch {
         let pixels = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device);
         let labels = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]), device);
         let text_targets = text_targets.map(|(v, d)| Tensor::<2>::from_data(TensorData::new(v, [n, d]), device));
-        Self { pixels, labels, text_targets }
+        Self { pixels, labels, text_targets, token_ids: None }
+    }
+
+    /// Adds the paired reports' token ids (text-LoRA mode).
+    pub fn with_token_ids(mut self, ids: Vec<Vec<u32>>) -> Self {
+        self.token_ids = Some(ids);
+        self
     }
 }
 
@@ -106,9 +115,16 @@ pub struct LossParts {
     pub kd: Option<Tensor<1>>,
 }
 
-/// CLIP-IT's loss on a batch: CE on the fused logits + λ·(1 − cos(t̂, t)).
+/// CLIP-IT's loss on a batch: CE on the fused logits + λ·(1 − cos(t̂, t)). The target t is the
+/// batch's precomputed `text_targets`, or, when the model carries a text tower (text-LoRA mode),
+/// that tower's embedding of the batch's `token_ids`, not detached: the gradient then reaches the
+/// text LoRA too, as in the official code.
 pub fn clipit_batch_loss(model: &ClipItModel, batch: &TrainBatch, opts: &TrainOptions) -> Result<LossParts> {
-    let targets = batch.text_targets.clone().ok_or_else(|| Error::msg("CLIP-IT needs text targets"))?;
+    let targets = match (&model.text, &batch.token_ids) {
+        (Some(text), Some(ids)) => text.forward(ids)?,
+        (Some(_), None) => return Err(Error::msg("CLIP-IT with text LoRA needs the reports' token ids")),
+        (None, _) => batch.text_targets.clone().ok_or_else(|| Error::msg("CLIP-IT needs text targets"))?,
+    };
     let out = model.forward(batch.pixels.clone());
     let ce = cross_entropy(out.logits.clone(), batch.labels.clone(), opts.paper_compat);
     let total = clipit_loss(&out, batch.labels.clone(), targets, opts.lambda, opts.paper_compat);

@@ -1,8 +1,30 @@
 //! The browser API (wasm32): a thin layer over the library for the page in `www/`.
 //!
-//! Built with `--features web` for `wasm32-unknown-unknown`; see `build.sh`.
+//! Built with `--features web` for `wasm32-unknown-unknown`; see `build.sh web`. The page runs
+//! this module in a Web Worker (`www/worker.js`) and calls, one at a time:
+//!
+//! 1. [`init`]: picks WebGPU (burn-wgpu) when the browser offers a usable adapter, software
+//!    fallback adapters included, and otherwise the CPU backend (burn-flex), saying why;
+//! 2. [`load_model`]: a checkpoint folder given as file name → bytes;
+//! 3. [`zero_shot`] (alias [`classify`]), [`retrieve`], [`embed_images`], [`embed_texts`];
+//!    [`thumbnail`] draws images the browser cannot (TIFF).
+//!
+//! Everything runs on the user's device: nothing here opens a connection. Image embeddings are
+//! cached per model by content hash, and the report corpus's text embeddings per corpus, so that
+//! changing the classes or the corpus does not run the image encoder again. Every tensor read
+//! is asynchronous (`into_data_async`): a synchronous read panics in the browser.
+
+mod api;
+mod device;
+mod images;
+mod js;
+mod state;
 
 use wasm_bindgen::prelude::*;
+
+pub use api::{classify, embed_images, embed_texts, load_model, model_info, retrieve, unload_model, zero_shot};
+pub use device::{backend_info, init};
+pub use images::{default_templates, thumbnail};
 
 /// Installs the panic hook so Rust panics reach the browser console.
 #[wasm_bindgen(start)]

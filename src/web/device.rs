@@ -1,0 +1,165 @@
+//! Choosing the device: WebGPU through burn-wgpu when the browser offers a usable adapter,
+//! otherwise burn-flex on the CPU, with the reason.
+
+use burn::tensor::wgpu::wgpu;
+use burn::tensor::Device;
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+use super::js::{js_error, to_js};
+use super::state::{self, BackendKind, Engine, WebGpu};
+
+/// The WebGPU limits the kernels rely on, with the minimum each needs. Every adapter that
+/// implements WebGPU's defaults meets them; "compatibility mode" and some mobile adapters do not.
+const REQUIRED_LIMITS: &[(&str, u64)] = &[
+    ("maxStorageBuffersPerShaderStage", 8),
+    ("maxComputeInvocationsPerWorkgroup", 256),
+    ("maxComputeWorkgroupStorageSize", 16384),
+    ("maxStorageBufferBindingSize", 128 << 20),
+];
+
+/// What [`init`] and [`backend_info`] return to the page.
+#[derive(Serialize)]
+pub struct BackendInfo {
+    /// `"webgpu"` or `"cpu"`: where models load from now on.
+    pub backend: &'static str,
+    /// What the page asked for (`auto`, `webgpu` or `cpu`).
+    pub prefer: String,
+    /// Why the CPU is used, when it is (WebGPU missing, a limit too low, or asked for).
+    pub reason: Option<String>,
+    /// The WebGPU adapter, when one was acquired.
+    pub adapter: Option<AdapterInfo>,
+}
+
+/// The WebGPU adapter's description and limits.
+#[derive(Serialize)]
+pub struct AdapterInfo {
+    /// The adapter's description (browsers often leave it empty).
+    pub description: String,
+    /// Whether it is a fallback (software) adapter, e.g. SwiftShader.
+    pub fallback: bool,
+    /// `maxStorageBufferBindingSize` in bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// `maxBufferSize` in bytes.
+    pub max_buffer_size: u64,
+}
+
+/// Chooses the backend: `prefer` is `"auto"` (default: WebGPU if usable, else the CPU),
+/// `"webgpu"` (an error if WebGPU is unusable) or `"cpu"`. Resolves to a [`BackendInfo`].
+///
+/// WebGPU is tried once per worker (the runtime cannot be initialised twice); calling `init`
+/// again switches the backend for models loaded afterwards.
+#[wasm_bindgen]
+pub async fn init(prefer: Option<String>) -> Result<JsValue, JsError> {
+    let prefer = prefer.unwrap_or_else(|| "auto".into()).trim().to_ascii_lowercase();
+    if !matches!(prefer.as_str(), "auto" | "webgpu" | "cpu") {
+        return Err(js_error(format!("unknown backend preference '{prefer}' (auto, webgpu or cpu)")));
+    }
+    let previous = state::engine();
+    let mut webgpu = previous.as_ref().and_then(|e| e.webgpu.clone());
+    if webgpu.is_none() && prefer != "cpu" {
+        webgpu = Some(try_webgpu().await);
+    }
+    let (backend, reason) = match (prefer.as_str(), &webgpu) {
+        ("cpu", _) => (BackendKind::Cpu, Some("the CPU backend was selected".to_string())),
+        (_, Some(Ok(_))) => (BackendKind::WebGpu, None),
+        ("webgpu", Some(Err(e))) => return Err(js_error(format!("WebGPU is not usable: {e}"))),
+        (_, Some(Err(e))) => (BackendKind::Cpu, Some(e.clone())),
+        (_, None) => (BackendKind::Cpu, Some("WebGPU was not tried".to_string())),
+    };
+    let cpu = previous.map_or_else(Device::flex, |e| e.cpu.clone());
+    let engine = state::set_engine(Engine { prefer, webgpu, cpu, backend, reason });
+    to_js(&describe(&engine))
+}
+
+/// The current backend choice (as [`init`] returned it), or an error before [`init`].
+#[wasm_bindgen]
+pub fn backend_info() -> Result<JsValue, JsError> {
+    let engine = state::engine().ok_or_else(|| js_error("call init() first"))?;
+    to_js(&describe(&engine))
+}
+
+fn describe(engine: &Engine) -> BackendInfo {
+    BackendInfo {
+        backend: engine.backend.as_str(),
+        prefer: engine.prefer.clone(),
+        reason: engine.reason.clone(),
+        adapter: match &engine.webgpu {
+            Some(Ok(g)) => Some(AdapterInfo {
+                description: g.adapter.clone(),
+                fallback: g.fallback,
+                max_storage_buffer_binding_size: g.max_binding,
+                max_buffer_size: g.max_buffer,
+            }),
+            _ => None,
+        },
+    }
+}
+
+/// Whether the worker's global scope exposes `navigator.gpu`.
+fn has_navigator_gpu() -> bool {
+    let global = js_sys::global();
+    let navigator = js_sys::Reflect::get(&global, &"navigator".into()).unwrap_or(JsValue::UNDEFINED);
+    if navigator.is_undefined() || navigator.is_null() {
+        return false;
+    }
+    js_sys::Reflect::get(&navigator, &"gpu".into()).is_ok_and(|g| !g.is_undefined() && !g.is_null())
+}
+
+/// Acquires the WebGPU device (any adapter the browser gives, a fallback one included) and
+/// checks its limits.
+async fn try_webgpu() -> Result<WebGpu, String> {
+    if !has_navigator_gpu() {
+        return Err("this browser does not offer WebGPU here (navigator.gpu is missing)".into());
+    }
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(|e| format!("no usable WebGPU adapter: {e}"))?;
+    let info = setup.adapter.get_info();
+    let limits = setup.device.limits();
+    check_limits(&limits)?;
+    Ok(WebGpu {
+        device,
+        adapter: info.name,
+        fallback: info.device_type == wgpu::DeviceType::Cpu,
+        max_binding: limits.max_storage_buffer_binding_size,
+        max_buffer: limits.max_buffer_size,
+    })
+}
+
+fn check_limits(limits: &wgpu::Limits) -> Result<(), String> {
+    for &(name, min) in REQUIRED_LIMITS {
+        let have = match name {
+            "maxStorageBuffersPerShaderStage" => u64::from(limits.max_storage_buffers_per_shader_stage),
+            "maxComputeInvocationsPerWorkgroup" => u64::from(limits.max_compute_invocations_per_workgroup),
+            "maxComputeWorkgroupStorageSize" => u64::from(limits.max_compute_workgroup_storage_size),
+            _ => limits.max_storage_buffer_binding_size,
+        };
+        if have < min {
+            return Err(format!("the WebGPU adapter's {name} is {have}, below the {min} needed"));
+        }
+    }
+    Ok(())
+}
+
+/// The device a model of these weights should load on, and why it is the CPU when WebGPU was
+/// chosen: a tensor larger than the adapter can bind in one buffer.
+pub fn device_for(engine: &Engine, largest_tensor_bytes: u64, largest_name: &str) -> (Device, BackendKind, Option<String>) {
+    match (&engine.backend, &engine.webgpu) {
+        (BackendKind::WebGpu, Some(Ok(g))) => {
+            let limit = g.max_binding.min(g.max_buffer);
+            if largest_tensor_bytes > limit {
+                let reason = format!(
+                    "tensor '{largest_name}' needs {:.0} MiB as f32, above this WebGPU adapter's {:.0} MiB buffer limit",
+                    largest_tensor_bytes as f64 / (1u64 << 20) as f64,
+                    limit as f64 / (1u64 << 20) as f64
+                );
+                (engine.cpu.clone(), BackendKind::Cpu, Some(reason))
+            } else {
+                (g.device.clone(), BackendKind::WebGpu, None)
+            }
+        }
+        _ => (engine.cpu.clone(), BackendKind::Cpu, engine.reason.clone()),
+    }
+}

@@ -1,0 +1,284 @@
+// End-to-end test of the page in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core). Run through run.sh, which builds everything and computes the native
+// references. For each scenario (WebGPU through SwiftShader; the CPU fallback when the browser
+// offers no WebGPU) it:
+//   - serves www/ + pkg/ on 127.0.0.1 and records every request, failing on any other host;
+//   - loads tests/fixtures/open_clip through the folder picker, sets the classes and templates,
+//     drops tests/data/tiles on the page, picks the report corpus, and checks the exported CSV's
+//     probabilities and the retrieved reports against the native CLI (1e-3);
+//   - loads tests/fixtures/conch through the multiple-file picker and checks it the same way;
+//   - opens a tile's detail view and saves screenshots in $E2E_OUT (default /tmp).
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(process.env.E2E_ROOT || path.join(path.dirname(new URL(import.meta.url).pathname), '../..'));
+const REF = process.env.E2E_REF; // folder with the CLI's outputs (run.sh writes it)
+const OUT = process.env.E2E_OUT || '/tmp';
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const TOL = 1e-3;
+const TILES = path.join(ROOT, 'tests/data/tiles');
+const CORPUS = path.join(ROOT, 'data/reports/demo_reports.jsonl');
+const CLASSES = fs.readFileSync(path.join(REF, 'classes.txt'), 'utf8').trim().split(',');
+const TEMPLATES = fs.readFileSync(path.join(REF, 'templates.txt'), 'utf8').trim().split('\n');
+const TOP_K = 3;
+const ONLY = (process.env.E2E_SCENARIOS || 'webgpu,cpu').split(',');
+const STEP_TIMEOUT = Number(process.env.E2E_STEP_TIMEOUT_MS || 600000);
+
+const BASE_FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const SCENARIOS = [
+  { name: 'webgpu', flags: [...BASE_FLAGS, '--enable-unsafe-webgpu'], expect: 'webgpu' },
+  // No --enable-unsafe-webgpu: the browser offers no usable adapter, so the page must fall back.
+  { name: 'cpu', flags: BASE_FLAGS, expect: 'cpu' },
+];
+
+let failures = 0;
+const log = (...a) => console.log(...a);
+function check(cond, what) {
+  if (cond) log(`  ok   ${what}`);
+  else {
+    failures++;
+    log(`  FAIL ${what}`);
+  }
+  return cond;
+}
+
+function parseCsv(text) {
+  const rows = [];
+  for (const line of text.trim().split('\n')) {
+    const cells = [];
+    let cur = '';
+    let quoted = false;
+    for (let i = 0; i < line.length; i++) {
+      const c = line[i];
+      if (quoted) {
+        if (c === '"' && line[i + 1] === '"') (cur += '"'), i++;
+        else if (c === '"') quoted = false;
+        else cur += c;
+      } else if (c === '"') quoted = true;
+      else if (c === ',') cells.push(cur), (cur = '');
+      else cur += c;
+    }
+    cells.push(cur);
+    rows.push(cells);
+  }
+  const [head, ...body] = rows;
+  return body.map((r) => Object.fromEntries(head.map((h, i) => [h, r[i]])));
+}
+
+// The CLI's zero-shot CSV: image path -> probabilities in class order.
+function cliProbs(file) {
+  const out = new Map();
+  for (const row of parseCsv(fs.readFileSync(file, 'utf8'))) out.set(path.basename(row.image), CLASSES.map((c) => Number(row[c])));
+  return out;
+}
+
+// The CLI's pseudo-pairs JSONL: image -> [{report_id, score, rank}].
+function cliPairs(file) {
+  const out = new Map();
+  for (const line of fs.readFileSync(file, 'utf8').split('\n').filter(Boolean)) {
+    const p = JSON.parse(line);
+    const key = path.basename(p.image);
+    if (!out.has(key)) out.set(key, []);
+    out.get(key).push(p);
+  }
+  for (const v of out.values()) v.sort((a, b) => a.rank - b.rank);
+  return out;
+}
+
+async function startServer() {
+  const proc = spawn('python3', [path.join(ROOT, 'www/serve.py'), '--port', '0', '--root', ROOT], { env: { ...process.env, CLIPIT_SERVE_QUIET: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise((resolve, reject) => {
+    let buf = '';
+    proc.stdout.on('data', (d) => {
+      buf += d;
+      const m = buf.match(/127\.0\.0\.1:(\d+)/);
+      if (m) resolve(Number(m[1]));
+    });
+    proc.on('exit', (code) => reject(new Error(`the server exited (${code})`)));
+  });
+  return { proc, port };
+}
+
+async function idle(page, what) {
+  await page.waitForFunction(() => document.body.dataset.busy === '0' && window.clipitApp.busy === 0, null, { timeout: STEP_TIMEOUT, polling: 200 });
+  const status = await page.textContent('#status');
+  const kind = await page.getAttribute('#status', 'data-kind');
+  check(kind !== 'error', `${what}: ${status}`);
+  return status;
+}
+
+async function exportCsv(page) {
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
+  return parseCsv(fs.readFileSync(await download.path(), 'utf8'));
+}
+
+function compareProbs(rows, ref, label) {
+  let maxDiff = 0;
+  let compared = 0;
+  let samePred = true;
+  for (const row of rows) {
+    const want = ref.get(path.basename(row.image));
+    if (!want) continue;
+    const got = CLASSES.map((c) => Number(row[c]));
+    got.forEach((g, i) => (maxDiff = Math.max(maxDiff, Math.abs(g - want[i]))));
+    const wantPred = CLASSES[want.indexOf(Math.max(...want))];
+    const sorted = [...want].sort((a, b) => b - a);
+    if (row.prediction !== wantPred && sorted[0] - sorted[1] > TOL) samePred = false;
+    compared++;
+  }
+  check(compared === ref.size && compared === rows.length, `${label}: ${compared} tiles in the CSV, ${ref.size} from the CLI`);
+  check(maxDiff <= TOL, `${label}: probabilities match the CLI (max |diff| ${maxDiff.toExponential(2)} <= ${TOL})`);
+  check(samePred, `${label}: predicted classes match the CLI`);
+  return maxDiff;
+}
+
+async function compareHits(page, ref, label) {
+  const tiles = await page.evaluate(() => window.clipitApp.tiles.map((t) => ({ name: t.name, hits: t.hits })));
+  let maxDiff = 0;
+  let idsOk = true;
+  let n = 0;
+  for (const t of tiles) {
+    const want = ref.get(path.basename(t.name));
+    if (!want || !t.hits) continue;
+    n++;
+    if (t.hits.length !== want.length) idsOk = false;
+    t.hits.forEach((h, i) => {
+      const w = want[i];
+      if (!w) return;
+      maxDiff = Math.max(maxDiff, Math.abs(h.score - w.score));
+      // Near-ties may swap ranks; then only the scores are compared.
+      const tie = want.some((o) => o !== w && Math.abs(o.score - w.score) <= TOL);
+      if (String(h.id) !== String(w.report_id) && !tie) idsOk = false;
+    });
+  }
+  check(n === ref.size, `${label}: reports retrieved for ${n} of ${ref.size} tiles`);
+  check(idsOk, `${label}: the same top-${TOP_K} report ids as the CLI`);
+  check(maxDiff <= TOL, `${label}: report scores match the CLI (max |diff| ${maxDiff.toExponential(2)})`);
+}
+
+async function dropTiles(page) {
+  const files = fs.readdirSync(TILES).filter((f) => /\.(png|jpe?g|tiff?)$/i.test(f)).sort();
+  const payload = files.map((f) => ({ name: f, b64: fs.readFileSync(path.join(TILES, f)).toString('base64') }));
+  await page.evaluate((items) => {
+    const dt = new DataTransfer();
+    for (const { name, b64 } of items) {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      dt.items.add(new File([bytes], name));
+    }
+    const zone = document.querySelector('#tile-drop');
+    zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  }, payload);
+  return files.length;
+}
+
+async function runScenario(sc, port) {
+  log(`\n== scenario ${sc.name} (expects ${sc.expect})`);
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'clipit-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, headless: true, args: sc.flags, acceptDownloads: true, viewport: { width: 1280, height: 900 } });
+  const origin = `http://127.0.0.1:${port}`;
+  const requests = [];
+  context.on('request', (r) => requests.push(r.url()));
+  const page = context.pages()[0] || (await context.newPage());
+  page.on('console', (m) => (m.type() === 'error' || process.env.E2E_VERBOSE) && log(`  [console.${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => log(`  [pageerror] ${e.message}`));
+  const timings = {};
+  try {
+    await page.goto(`${origin}/`);
+    await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120000 });
+    const backend = await page.evaluate(() => window.clipitApp.backend);
+    log(`  backend: ${JSON.stringify({ backend: backend.backend, reason: backend.reason, gpu: backend.gpu })}`);
+    check(backend.backend === sc.expect, `init chose ${backend.backend}`);
+    if (sc.expect === 'cpu') check(Boolean(backend.reason), `the page says why it uses the CPU: ${backend.reason}`);
+    if (sc.expect === 'cpu') check(/CPU/.test(await page.textContent('#backend-badge')), 'the badge shows the CPU');
+
+    // open_clip, through the folder picker; classes and templates set before the tiles arrive.
+    await page.fill('#classes', CLASSES.join('\n'));
+    await page.click('#zeroshot summary'); // opens the templates
+    await page.fill('#templates', TEMPLATES.join('\n'));
+    await page.setInputFiles('#model-folder', path.join(ROOT, 'tests/fixtures/open_clip'));
+    await page.waitForFunction(() => window.clipitApp.model, null, { timeout: STEP_TIMEOUT });
+    await idle(page, 'load open_clip');
+    const m1 = await page.evaluate(() => window.clipitApp.model);
+    check(m1.architecture === 'open_clip CLIP' && m1.backend === sc.expect, `open_clip loaded: ${m1.architecture}, ${m1.parameters} parameters, on ${m1.backend} in ${m1.load_ms.toFixed(0)} ms`);
+    check((await page.textContent('#model-info')).includes('open_clip CLIP'), 'the model panel shows the architecture');
+    timings.open_clip_load_ms = m1.load_ms;
+
+    const n = await dropTiles(page);
+    await page.waitForFunction((n) => window.clipitApp.tiles.length === n, n, { timeout: 60000 });
+    await idle(page, 'drop tiles + first classification');
+    timings.open_clip_first_classify_ms = await page.evaluate(() => window.clipitApp.timings.classify);
+    check((await page.locator('#grid li').count()) === n, `the grid shows ${n} tiles`);
+
+    await page.setInputFiles('#corpus-file', CORPUS);
+    await page.fill('#topk', String(TOP_K));
+    await page.waitForFunction(() => window.clipitApp.corpus, null, { timeout: 10000 });
+    await page.click('#classify');
+    await idle(page, 'classify again + retrieve');
+    timings.open_clip_classify_cached_ms = await page.evaluate(() => window.clipitApp.timings.classify);
+    timings.open_clip_retrieve_ms = await page.evaluate(() => window.clipitApp.timings.retrieve);
+    const csv1 = await exportCsv(page);
+    compareProbs(csv1, cliProbs(path.join(REF, 'open_clip.csv')), 'open_clip zero-shot');
+    await compareHits(page, cliPairs(path.join(REF, 'open_clip_pairs.jsonl')), 'open_clip retrieval');
+
+    // Sorting and filtering.
+    await page.selectOption('#sort', 'conf-desc');
+    const confs = await page.$$eval('#grid .tile-conf', (els) => els.map((e) => parseFloat(e.textContent)));
+    check(confs.every((c, i) => i === 0 || confs[i - 1] >= c), 'sorting by confidence orders the grid');
+    const firstClass = csv1[0].prediction;
+    await page.selectOption('#filter-class', firstClass);
+    const shown = await page.$$eval('#grid .tile-pred', (els) => els.map((e) => e.textContent));
+    check(shown.length > 0 && shown.every((c) => c === firstClass), `filtering by "${firstClass}" shows only that class (${shown.length})`);
+    await page.selectOption('#filter-class', '');
+    await page.screenshot({ path: path.join(OUT, `clipit-e2e-${sc.name}.png`), fullPage: true });
+
+    await page.click('#grid li:first-child button');
+    await page.waitForSelector('#detail[open]');
+    check((await page.locator('#detail-probs tbody tr').count()) === CLASSES.length, 'the detail view lists every class');
+    check((await page.locator('#detail-reports li').count()) === TOP_K, `the detail view shows ${TOP_K} reports`);
+    await page.screenshot({ path: path.join(OUT, `clipit-e2e-${sc.name}-detail.png`) });
+    await page.click('#detail-close');
+
+    // CONCH, through the multiple-file picker, with the built-in templates.
+    await page.click('#reset-templates');
+    const conchDir = path.join(ROOT, 'tests/fixtures/conch');
+    await page.setInputFiles('#model-files', fs.readdirSync(conchDir).map((f) => path.join(conchDir, f)));
+    await page.waitForFunction(() => window.clipitApp.model && window.clipitApp.model.architecture === 'CONCH', null, { timeout: STEP_TIMEOUT });
+    await idle(page, 'load CONCH + classify + retrieve');
+    const m2 = await page.evaluate(() => window.clipitApp.model);
+    timings.conch_load_ms = m2.load_ms;
+    timings.conch_classify_ms = await page.evaluate(() => window.clipitApp.timings.classify);
+    const csv2 = await exportCsv(page);
+    compareProbs(csv2, cliProbs(path.join(REF, 'conch.csv')), 'CONCH zero-shot');
+    await compareHits(page, cliPairs(path.join(REF, 'conch_pairs.jsonl')), 'CONCH retrieval');
+  } finally {
+    await context.close();
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+  }
+  const foreign = requests.filter((u) => !(u.startsWith(`${origin}/`) || u.startsWith(`blob:${origin}/`) || u.startsWith('data:')));
+  check(requests.some((u) => u.endsWith('/pkg/clipit_bg.wasm')), `the worker's requests are recorded too (${requests.length} requests)`);
+  check(foreign.length === 0, `no request leaves 127.0.0.1${foreign.length ? `: ${foreign.join(', ')}` : ''}`);
+  log(`  timings (${sc.name}): ${JSON.stringify(Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v)])))}`);
+  return timings;
+}
+
+const { proc, port } = await startServer();
+const all = {};
+try {
+  for (const sc of SCENARIOS.filter((s) => ONLY.includes(s.name))) {
+    try {
+      all[sc.name] = await runScenario(sc, port);
+    } catch (err) {
+      failures++;
+      log(`  FAIL scenario ${sc.name}: ${err.stack || err}`);
+    }
+  }
+} finally {
+  proc.kill();
+}
+fs.writeFileSync(path.join(OUT, 'clipit-e2e-timings.json'), JSON.stringify(all, null, 2));
+log(failures ? `\n${failures} check(s) failed` : '\nall end-to-end checks passed');
+process.exit(failures ? 1 : 0);

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# End-to-end test of the page in headless Chromium, against the native CLI.
+#
+#   tests/e2e/run.sh            build the page and the CLI, then test WebGPU and the CPU fallback
+#
+# Environment: E2E_SCENARIOS=webgpu,cpu (which to run), E2E_OUT=/tmp (screenshots, timings),
+# E2E_SKIP_BUILD=1 (use the existing pkg/ and CLI), CHROMIUM=/usr/bin/chromium.
+# Needs Debian's chromium (installed here when missing and running as root), node and npm.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$CHROMIUM" ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing Debian's chromium"
+    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 ||
+      (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+  else
+    echo "chromium not found at $CHROMIUM (apt-get install chromium chromium-driver)" >&2
+    exit 1
+  fi
+fi
+command -v node >/dev/null || { echo "node not found" >&2; exit 1; }
+if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  log "installing playwright-core (no browser download)"
+  (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipit/target}"
+if [ "${E2E_SKIP_BUILD:-0}" != 1 ]; then
+  ./build.sh web
+  ./build.sh cli
+fi
+[ -f pkg/clipit_bg.wasm ] || { echo "pkg/clipit_bg.wasm is missing: run ./build.sh web" >&2; exit 1; }
+CLI="$CARGO_TARGET_DIR/debug/clipit"
+[ -x "$CLI" ] || { echo "$CLI is missing: run ./build.sh cli" >&2; exit 1; }
+
+# References from the native CLI, on the CPU.
+REF="$(mktemp -d)"
+trap 'rm -rf "$REF"' EXIT
+CLASSES="tumor,stroma,lymphocytes,mucosa,adipose"
+echo "$CLASSES" > "$REF/classes.txt"
+printf '%s\n' "an H&E image of {}." "a histopathology slide showing {}." "{} tissue" > "$REF/templates.txt"
+log "native references (clipit zero-shot and retrieve on the CPU)"
+"$CLI" zero-shot --model tests/fixtures/open_clip --images tests/data/tiles --classes "$CLASSES" \
+  --templates "$REF/templates.txt" --out "$REF/open_clip.csv" >/dev/null
+"$CLI" zero-shot --model tests/fixtures/conch --images tests/data/tiles --classes "$CLASSES" \
+  --out "$REF/conch.csv" >/dev/null
+for m in open_clip conch; do
+  "$CLI" retrieve --model "tests/fixtures/$m" --images tests/data/tiles --reports data/reports/demo_reports.jsonl \
+    --top-k 3 --out "$REF/${m}_pairs.jsonl" --no-cache 2>/dev/null
+done
+
+log "headless Chromium: ${E2E_SCENARIOS:-webgpu,cpu}"
+E2E_ROOT="$ROOT" E2E_REF="$REF" CHROMIUM="$CHROMIUM" node tests/e2e/e2e.mjs

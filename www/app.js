@@ -1,0 +1,579 @@
+// The page: drives the engine in worker.js with postMessage and shows the results.
+// Plain JavaScript, no framework; every file stays on this machine.
+
+const $ = (sel) => document.querySelector(sel);
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') node.className = v;
+    else if (k === 'text') node.textContent = v;
+    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+};
+
+const IMAGE_EXT = /\.(png|jpe?g|tiff?)$/i;
+const MODEL_EXT = /\.(json|safetensors|txt|bin)$/i;
+
+// ---------------------------------------------------------------------------------------------
+// State (also exposed as window.clipitApp for debugging and the end-to-end test).
+
+const app = {
+  backend: null, // what init() returned
+  model: null, // what load_model() returned
+  modelFiles: null, // {name, files: File[]} to reload after a backend change or a crash
+  tiles: [], // {id, name, file, url, probs, prediction, hits, error}
+  classes: [], // the classes of the last classification
+  corpus: null, // {name, file}
+  timings: {}, // milliseconds of the last operations, by name
+  busy: 0,
+  call,
+};
+window.clipitApp = app;
+let tileSeq = 0;
+
+// ---------------------------------------------------------------------------------------------
+// The worker.
+
+let worker;
+let nextRequest = 1;
+const pending = new Map();
+
+function startWorker() {
+  worker = new Worker('worker.js', { type: 'module' });
+  worker.onmessage = (event) => {
+    const msg = event.data;
+    const req = pending.get(msg.id);
+    if (!req) return;
+    if (msg.progress) {
+      req.onProgress && req.onProgress(msg.progress);
+      return;
+    }
+    pending.delete(msg.id);
+    if (msg.ok) req.resolve(msg.result);
+    else {
+      const error = new Error(msg.error);
+      error.fatal = msg.fatal;
+      req.reject(error);
+      if (msg.fatal) restartWorker(msg.error);
+    }
+  };
+  worker.onerror = (event) => {
+    event.preventDefault();
+    setStatus(`The engine failed to start: ${event.message || 'unknown error'}`, 'error');
+  };
+}
+
+/** Sends one request to the worker; resolves with its result. */
+function call(type, args = {}, { transfer = [], onProgress } = {}) {
+  const id = nextRequest++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject, onProgress });
+    worker.postMessage({ id, type, args }, transfer);
+  });
+}
+
+// After a Rust panic the wasm instance is unusable: start a fresh worker and restore the inputs.
+async function restartWorker(reason) {
+  worker.terminate();
+  for (const [, req] of pending) req.reject(new Error('the engine restarted'));
+  pending.clear();
+  app.model = null;
+  renderModel();
+  setStatus(`The engine stopped (${reason}); restarting it.`, 'error');
+  startWorker();
+  await initBackend();
+  await sendTiles(app.tiles);
+  if (app.corpus) await sendCorpus(app.corpus.file);
+  setStatus(`The engine stopped after an internal error (${reason}) and was restarted: load the model again.`, 'error');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status and progress.
+
+function setStatus(text, kind = 'info') {
+  const s = $('#status');
+  s.textContent = text;
+  s.dataset.kind = kind;
+}
+
+const STAGES = { images: 'Embedding tiles', classes: 'Embedding class prompts', reports: 'Embedding reports', texts: 'Embedding texts' };
+
+function progressFor(label) {
+  const bar = $('#progress');
+  return ({ stage, done, total }) => {
+    bar.hidden = false;
+    bar.max = Math.max(total, 1);
+    bar.value = done;
+    setStatus(`${label}: ${STAGES[stage] || stage} ${done}/${total}…`);
+  };
+}
+
+async function busy(label, fn) {
+  app.busy++;
+  document.body.dataset.busy = '1';
+  updateButtons();
+  setStatus(`${label}…`);
+  try {
+    return await fn(progressFor(label));
+  } catch (err) {
+    setStatus(`${label} failed: ${err.message}`, 'error');
+    throw err;
+  } finally {
+    app.busy--;
+    $('#progress').hidden = app.busy > 0 ? $('#progress').hidden : true;
+    if (app.busy === 0) document.body.dataset.busy = '0';
+    updateButtons();
+  }
+}
+
+const fmtMs = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
+
+// ---------------------------------------------------------------------------------------------
+// Backend and model.
+
+async function initBackend() {
+  const prefer = $('#backend').value;
+  try {
+    app.backend = await call('init', { prefer });
+  } catch (err) {
+    app.backend = null;
+    $('#backend-badge').textContent = 'No engine';
+    setStatus(`Could not start the engine: ${err.message}`, 'error');
+    return false;
+  }
+  renderBackend();
+  if (!$('#templates').value.trim()) $('#templates').value = app.backend.templates.join('\n');
+  return true;
+}
+
+function renderBackend() {
+  const b = app.backend;
+  const badge = $('#backend-badge');
+  if (!b) return;
+  const gpu = b.gpu ? [b.gpu.vendor, b.gpu.architecture].filter(Boolean).join(' ') : '';
+  const where = (app.model && app.model.backend) || b.backend;
+  badge.textContent = where === 'webgpu' ? `WebGPU${gpu ? ` (${gpu}${b.gpu.isFallbackAdapter ? ', software' : ''})` : ''}` : 'CPU (WebAssembly)';
+  badge.dataset.backend = where;
+  badge.title = b.reason || '';
+}
+
+async function loadModel(name, files) {
+  const wanted = files.filter((f) => MODEL_EXT.test(f.name) && !f.name.startsWith('.'));
+  if (!wanted.length) {
+    setStatus('No model files there: expected a config JSON and .safetensors weights.', 'error');
+    return;
+  }
+  app.modelFiles = { name, files: wanted };
+  // The engine frees the previous model before loading the next one.
+  app.model = null;
+  renderModel();
+  await busy(`Loading ${name}`, async () => {
+    const buffers = await Promise.all(wanted.map((f) => f.arrayBuffer()));
+    const payload = wanted.map((f, i) => ({ name: f.name, buffer: buffers[i] }));
+    app.model = await call('loadModel', { name, files: payload }, { transfer: buffers });
+    app.timings.load = app.model.load_ms;
+    for (const t of app.tiles) Object.assign(t, { probs: null, prediction: null, hits: null });
+    renderModel();
+    renderBackend();
+    renderGrid();
+    setStatus(`Loaded ${name} (${app.model.architecture}) on ${app.model.backend === 'webgpu' ? 'WebGPU' : 'the CPU'} in ${fmtMs(app.model.load_ms)}.`);
+  });
+  if (app.tiles.length && app.model.has_text) await classify();
+}
+
+function renderModel() {
+  const info = $('#model-info');
+  const m = app.model;
+  info.replaceChildren();
+  info.hidden = !m;
+  if (!m) return;
+  const rows = [
+    ['Checkpoint', m.name],
+    ['Architecture', m.architecture],
+    ['Parameters', `${(m.parameters / 1e6).toFixed(m.parameters < 1e6 ? 3 : 1)} M`],
+    ['Embedding', `${m.embed_dim} dimensions`],
+    ['Input', `${m.image_size} × ${m.image_size} px, patch ${m.patch_size}`],
+    ['Text encoder', m.has_text ? `yes (context ${m.context_length})` : 'no: image features only'],
+    ['Backend', m.backend === 'webgpu' ? 'WebGPU' : 'CPU (WebAssembly)'],
+    ['Loaded in', fmtMs(m.load_ms)],
+  ];
+  const reason = m.reason || (app.backend && app.backend.backend === 'cpu' ? app.backend.reason : null);
+  if (reason) rows.push(['Why the CPU', reason]);
+  for (const [k, v] of rows) info.append(el('dt', { text: k }), el('dd', { text: v }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading dropped folders.
+
+async function entriesOf(dataTransfer) {
+  const items = [...(dataTransfer.items || [])].map((i) => (i.webkitGetAsEntry ? i.webkitGetAsEntry() : null));
+  if (!items.length || items.some((e) => !e)) return { files: [...dataTransfer.files].map((f) => ({ file: f, path: f.name })), folder: null };
+  const out = [];
+  const walk = async (entry, prefix) => {
+    if (entry.isFile) {
+      const file = await new Promise((res, rej) => entry.file(res, rej));
+      out.push({ file, path: prefix + file.name });
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
+        if (!batch.length) break;
+        for (const e of batch) await walk(e, `${prefix}${entry.name}/`);
+      }
+    }
+  };
+  for (const e of items) await walk(e, '');
+  const folder = items.length === 1 && items[0].isDirectory ? items[0].name : null;
+  return { files: out, folder };
+}
+
+// The files directly inside the picked folder (a checkpoint's sub-folders are not needed).
+function topLevel(list) {
+  const depth = (p) => p.split('/').length;
+  const min = Math.min(...list.map((x) => depth(x.path)));
+  return list.filter((x) => depth(x.path) === min);
+}
+
+function modelFromList(list, fallbackName) {
+  const top = topLevel(list);
+  const parts = top[0] ? top[0].path.split('/') : [];
+  const name = parts.length > 1 ? parts[parts.length - 2] : fallbackName;
+  return loadModel(name, top.map((x) => x.file)).catch(() => {});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiles.
+
+async function sendTiles(tiles) {
+  if (!tiles.length) return;
+  const buffers = await Promise.all(tiles.map((t) => t.file.arrayBuffer()));
+  const items = tiles.map((t, i) => ({ id: t.id, name: t.name, buffer: buffers[i] }));
+  await call('addTiles', { items }, { transfer: buffers });
+}
+
+async function addTiles(list) {
+  const images = list.filter((x) => IMAGE_EXT.test(x.file.name) && !x.file.name.startsWith('.'));
+  const skipped = list.length - images.length;
+  if (!images.length) {
+    setStatus(skipped ? `None of the ${skipped} file(s) is a PNG, JPEG or TIFF image.` : 'No files.', 'error');
+    return;
+  }
+  const tiles = images.map(({ file, path }) => ({
+    id: `t${++tileSeq}`,
+    name: path || file.name,
+    file,
+    url: URL.createObjectURL(file),
+    probs: null,
+    prediction: null,
+    hits: null,
+    error: null,
+  }));
+  app.tiles.push(...tiles);
+  await sendTiles(tiles);
+  renderGrid();
+  setStatus(`Added ${tiles.length} tile(s)${skipped ? `; skipped ${skipped} file(s) that are not images` : ''}.`);
+  if (app.model && app.model.has_text) await classify().catch(() => {});
+}
+
+async function clearTiles() {
+  for (const t of app.tiles) URL.revokeObjectURL(t.url);
+  app.tiles = [];
+  await call('removeTiles', { ids: null });
+  renderGrid();
+  setStatus('Removed every tile.');
+}
+
+// Images the browser cannot show (TIFF) are drawn from the engine's own decoder.
+async function fallbackThumbnail(tile, img) {
+  if (tile.thumb) {
+    img.src = tile.thumb;
+    return;
+  }
+  try {
+    const t = await call('thumbnail', { id: tile.id, maxSide: 320 });
+    const canvas = document.createElement('canvas');
+    canvas.width = t.width;
+    canvas.height = t.height;
+    canvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(t.rgba.buffer), t.width, t.height), 0, 0);
+    tile.thumb = canvas.toDataURL('image/png');
+    img.src = tile.thumb;
+  } catch (err) {
+    img.alt = `${tile.name} (cannot be shown: ${err.message})`;
+  }
+}
+
+function thumbImg(tile, cls) {
+  const img = el('img', { class: cls, alt: tile.name, loading: 'lazy', decoding: 'async' });
+  img.addEventListener('error', () => fallbackThumbnail(tile, img), { once: true });
+  img.src = tile.thumb || tile.url;
+  return img;
+}
+
+function visibleTiles() {
+  const cls = $('#filter-class').value;
+  const text = $('#filter-text').value.trim().toLowerCase();
+  let list = app.tiles.filter((t) => (!cls || (t.prediction !== null && app.classes[t.prediction] === cls)) && (!text || t.name.toLowerCase().includes(text)));
+  const conf = (t) => (t.prediction === null ? -1 : t.probs[t.prediction]);
+  const sorters = {
+    name: (a, b) => a.name.localeCompare(b.name),
+    class: (a, b) => (app.classes[a.prediction] || '\uffff').localeCompare(app.classes[b.prediction] || '\uffff') || conf(b) - conf(a),
+    'conf-desc': (a, b) => conf(b) - conf(a),
+    'conf-asc': (a, b) => conf(a) - conf(b),
+  };
+  const sorter = sorters[$('#sort').value];
+  if (sorter) list = [...list].sort(sorter);
+  return list;
+}
+
+function renderGrid() {
+  const grid = $('#grid');
+  const list = visibleTiles();
+  grid.replaceChildren(
+    ...list.map((t) => {
+      const pred = t.prediction !== null ? app.classes[t.prediction] : null;
+      const conf = pred ? t.probs[t.prediction] : 0;
+      const label = t.error ? `error: ${t.error}` : pred ? `${pred} ${(conf * 100).toFixed(1)}%` : 'not classified';
+      const bar = el('span', { class: 'bar', 'aria-hidden': 'true' }, el('span', {}));
+      bar.firstChild.style.setProperty('width', `${(conf * 100).toFixed(1)}%`);
+      const card = el(
+        'button',
+        { type: 'button', class: `tile${t.error ? ' failed' : ''}`, 'data-id': t.id, 'aria-label': `${t.name}: ${label}. Show details.` },
+        thumbImg(t, 'thumb'),
+        el('span', { class: 'tile-name', text: t.name }),
+        el('span', { class: 'tile-pred', text: t.error ? 'unreadable' : pred || '—' }),
+        el('span', { class: 'tile-conf', text: pred ? `${(conf * 100).toFixed(1)}%` : '' }),
+        bar,
+      );
+      card.addEventListener('click', () => openDetail(t.id));
+      return el('li', {}, card);
+    }),
+  );
+  const n = app.tiles.length;
+  $('#tile-count').textContent = n ? `Showing ${list.length} of ${n} tile${n === 1 ? '' : 's'}.` : 'No tiles yet.';
+  const filter = $('#filter-class');
+  const current = filter.value;
+  filter.replaceChildren(el('option', { value: '', text: 'All' }), ...app.classes.map((c) => el('option', { value: c, text: c })));
+  filter.value = app.classes.includes(current) ? current : '';
+  updateButtons();
+}
+
+function updateButtons() {
+  const idle = app.busy === 0;
+  $('#classify').disabled = !idle || !app.model || !app.model.has_text || !app.tiles.length;
+  $('#export').disabled = !app.tiles.some((t) => t.probs || t.hits);
+  $('#clear-tiles').disabled = !idle || !app.tiles.length;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Classification and retrieval.
+
+const lines = (text) => text.split('\n').map((s) => s.trim()).filter(Boolean);
+
+async function classify() {
+  if (!app.model || !app.tiles.length) return;
+  const classes = lines($('#classes').value);
+  const templates = lines($('#templates').value);
+  if (classes.length < 2) {
+    setStatus('Give at least two class names, one per line.', 'error');
+    return;
+  }
+  await busy('Classifying', async (onProgress) => {
+    const r = await call('zeroShot', { classes, templates }, { onProgress });
+    app.classes = r.classes;
+    app.timings.classify = r.elapsed_ms;
+    const byId = new Map(app.tiles.map((t) => [t.id, t]));
+    for (const img of r.images) {
+      const t = byId.get(img.name);
+      if (t) Object.assign(t, { probs: img.probs.length ? img.probs : null, prediction: img.prediction ?? null, error: img.error || null });
+    }
+    let msg = `Classified ${r.images.length} tile(s) into ${r.classes.length} classes in ${fmtMs(r.elapsed_ms)}.`;
+    if (app.corpus) {
+      const k = Math.max(1, Math.min(20, Number($('#topk').value) || 3));
+      const h = await call('retrieve', { k }, { onProgress });
+      app.timings.retrieve = h.elapsed_ms;
+      for (const img of h.images) {
+        const t = byId.get(img.name);
+        if (t) t.hits = img.hits;
+      }
+      msg += ` Retrieved ${k} of ${h.corpus.reports} reports per tile in ${fmtMs(h.elapsed_ms)}.`;
+    }
+    renderGrid();
+    setStatus(msg);
+  });
+}
+
+async function sendCorpus(file) {
+  const buffer = await file.arrayBuffer();
+  await call('setCorpus', { name: file.name, buffer }, { transfer: [buffer] });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Detail view.
+
+let detailId = null;
+
+function openDetail(id) {
+  const t = app.tiles.find((x) => x.id === id);
+  if (!t) return;
+  detailId = id;
+  $('#detail-title').textContent = t.name;
+  const img = $('#detail-image');
+  img.alt = t.name;
+  img.onerror = () => fallbackThumbnail(t, img);
+  img.src = t.thumb || t.url;
+  const body = $('#detail-probs tbody');
+  if (t.probs) {
+    const order = t.probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
+    body.replaceChildren(
+      ...order.map(([p, i]) => {
+        const bar = el('span', { class: 'bar' }, el('span', {}));
+        bar.firstChild.style.setProperty('width', `${(p * 100).toFixed(2)}%`);
+        return el('tr', { class: i === t.prediction ? 'top' : '' }, el('th', { scope: 'row', text: app.classes[i] }), el('td', { text: `${(p * 100).toFixed(2)}%` }), el('td', { class: 'bar-cell' }, bar));
+      }),
+    );
+  } else body.replaceChildren(el('tr', {}, el('td', { text: t.error ? `This tile could not be read: ${t.error}` : 'Not classified yet.' })));
+  const reports = $('#detail-reports');
+  if (t.hits && t.hits.length) {
+    reports.replaceChildren(...t.hits.map((h) => el('li', {}, el('p', { class: 'report-meta', text: `#${h.rank} · report ${h.id} · cosine ${h.score.toFixed(4)}` }), el('p', { class: 'report-text', text: h.text }))));
+  } else reports.replaceChildren(el('li', { class: 'muted', text: app.corpus ? 'Not retrieved yet: press “Classify the tiles”.' : 'Pick a report corpus (step 3) to see the most similar reports.' }));
+  const dialog = $('#detail');
+  if (!dialog.open) dialog.showModal();
+}
+
+function stepDetail(delta) {
+  const list = visibleTiles();
+  const i = list.findIndex((t) => t.id === detailId);
+  if (i < 0 || !list.length) return;
+  openDetail(list[(i + delta + list.length) % list.length].id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export.
+
+const csvField = (s) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
+
+function exportCsv() {
+  const retrieval = app.tiles.some((t) => t.hits && t.hits.length);
+  const head = ['image', 'prediction', 'confidence', ...app.classes];
+  if (retrieval) head.push('top_report_id', 'top_report_score');
+  const rows = [head.map(csvField).join(',')];
+  for (const t of app.tiles) {
+    const pred = t.prediction !== null ? app.classes[t.prediction] : '';
+    const probs = t.probs ? t.probs.map((p) => p.toFixed(6)) : app.classes.map(() => '');
+    const row = [csvField(t.name), csvField(pred), t.probs ? t.probs[t.prediction].toFixed(6) : '', ...probs];
+    if (retrieval) row.push(csvField(t.hits && t.hits[0] ? String(t.hits[0].id) : ''), t.hits && t.hits[0] ? t.hits[0].score.toFixed(6) : '');
+    rows.push(row.join(','));
+  }
+  const blob = new Blob([rows.join('\n') + '\n'], { type: 'text/csv' });
+  const a = el('a', { href: URL.createObjectURL(blob), download: 'clipit-predictions.csv' });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  setStatus(`Exported ${app.tiles.length} row(s) as clipit-predictions.csv.`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wiring.
+
+function dropzone(node, onDrop) {
+  const stop = (e) => {
+    e.preventDefault();
+    e.stopPropagation();
+  };
+  node.addEventListener('dragover', (e) => {
+    stop(e);
+    node.classList.add('over');
+  });
+  node.addEventListener('dragleave', () => node.classList.remove('over'));
+  node.addEventListener('drop', async (e) => {
+    stop(e);
+    node.classList.remove('over');
+    onDrop(await entriesOf(e.dataTransfer));
+  });
+  // Enter or space opens the zone's first file picker.
+  node.addEventListener('keydown', (e) => {
+    if ((e.key === 'Enter' || e.key === ' ') && e.target === node) {
+      e.preventDefault();
+      node.querySelector('input[type=file]').click();
+    }
+  });
+}
+
+function wire() {
+  $('#backend').addEventListener('change', async () => {
+    await busy('Switching the backend', () => initBackend());
+    if (app.modelFiles) await loadModel(app.modelFiles.name, app.modelFiles.files).catch(() => {});
+  });
+  $('#model-folder').addEventListener('change', (e) => {
+    const files = [...e.target.files];
+    e.target.value = '';
+    if (files.length) modelFromList(files.map((f) => ({ file: f, path: f.webkitRelativePath || f.name })), 'model');
+  });
+  $('#model-files').addEventListener('change', (e) => {
+    const files = [...e.target.files];
+    e.target.value = '';
+    if (files.length) loadModel('model', files).catch(() => {});
+  });
+  dropzone($('#model-drop'), ({ files, folder }) => {
+    if (!files.length) return;
+    if (folder) modelFromList(files, folder);
+    else loadModel('model', files.map((x) => x.file)).catch(() => {});
+  });
+  $('#tile-files').addEventListener('change', (e) => {
+    const files = [...e.target.files];
+    e.target.value = '';
+    addTiles(files.map((f) => ({ file: f, path: f.name })));
+  });
+  dropzone($('#tile-drop'), ({ files }) => addTiles(files));
+  $('#clear-tiles').addEventListener('click', clearTiles);
+  $('#classify').addEventListener('click', () => classify().catch(() => {}));
+  $('#reset-templates').addEventListener('click', () => {
+    if (app.backend) $('#templates').value = app.backend.templates.join('\n');
+  });
+  $('#corpus-file').addEventListener('change', async (e) => {
+    const file = e.target.files[0];
+    e.target.value = '';
+    if (!file) return;
+    app.corpus = { name: file.name, file };
+    $('#corpus-name').textContent = `${file.name} (${(file.size / 1024).toFixed(1)} kB)`;
+    await sendCorpus(file);
+    for (const t of app.tiles) t.hits = null;
+    if (app.model && app.tiles.length) await classify().catch(() => {});
+    else setStatus(`Report corpus ${file.name} ready.`);
+  });
+  for (const id of ['#sort', '#filter-class']) $(id).addEventListener('change', renderGrid);
+  $('#filter-text').addEventListener('input', renderGrid);
+  $('#export').addEventListener('click', exportCsv);
+  $('#detail-close').addEventListener('click', () => $('#detail').close());
+  $('#detail-prev').addEventListener('click', () => stepDetail(-1));
+  $('#detail-next').addEventListener('click', () => stepDetail(1));
+  $('#detail').addEventListener('keydown', (e) => {
+    if (e.key === 'ArrowLeft') stepDetail(-1);
+    if (e.key === 'ArrowRight') stepDetail(1);
+  });
+  $('#detail').addEventListener('click', (e) => {
+    if (e.target === $('#detail')) $('#detail').close();
+  });
+  // Dropping a file outside a drop zone must not navigate away from the page.
+  for (const type of ['dragover', 'drop']) window.addEventListener(type, (e) => e.preventDefault());
+}
+
+async function main() {
+  const wanted = new URLSearchParams(location.search).get('backend');
+  if (['auto', 'webgpu', 'cpu'].includes(wanted)) $('#backend').value = wanted;
+  wire();
+  startWorker();
+  document.body.dataset.busy = '1';
+  if (await initBackend()) {
+    const b = app.backend;
+    setStatus(b.backend === 'webgpu' ? 'Ready: WebGPU is available. Load a model to begin.' : `Ready on the CPU (${b.reason}). Load a model to begin.`);
+  }
+  document.body.dataset.ready = app.backend ? '1' : 'error';
+  document.body.dataset.busy = '0';
+  updateButtons();
+}
+
+main();

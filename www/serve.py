@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Serves the clipit page on 127.0.0.1 only: www/ at / and pkg/ (wasm-bindgen's output) at /pkg/.
+
+    python3 www/serve.py [--port 8080] [--root REPO]
+
+Only files with a known type are served, with the right MIME type (application/wasm for the
+module, text/javascript for the worker) and a Content-Security-Policy that lets the page talk to
+this origin only. Port 0 picks a free port; the first line on stdout says which.
+"""
+import argparse
+import http.server
+import os
+import posixpath
+import sys
+import urllib.parse
+
+MIME = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".wasm": "application/wasm",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".jsonl": "text/plain; charset=utf-8",
+    ".d.ts": "text/plain; charset=utf-8",
+}
+
+CSP = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
+    "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def make_handler(www, pkg):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "clipit"
+        sys_version = ""
+
+        def log_message(self, fmt, *args):
+            if os.environ.get("CLIPIT_SERVE_QUIET") != "1":
+                sys.stderr.write("%s %s\n" % (self.log_date_time_string(), fmt % args))
+
+        def resolve(self):
+            path = urllib.parse.urlsplit(self.path).path
+            path = posixpath.normpath(urllib.parse.unquote(path))
+            if path in ("/", "."):
+                path = "/index.html"
+            root = www
+            if path == "/pkg" or path.startswith("/pkg/"):
+                root, path = pkg, path[len("/pkg"):]
+            parts = [p for p in path.split("/") if p and p not in (".", "..")]
+            full = os.path.join(root, *parts)
+            if not os.path.realpath(full).startswith(os.path.realpath(root) + os.sep):
+                return None, None
+            ext = next((e for e in sorted(MIME, key=len, reverse=True) if full.endswith(e)), None)
+            if ext is None or not os.path.isfile(full):
+                return None, None
+            return full, MIME[ext]
+
+        def send_common(self, status, ctype, length):
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(length))
+            self.send_header("Content-Security-Policy", CSP)
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+
+        def do_GET(self, head=False):
+            full, ctype = self.resolve()
+            if full is None:
+                body = b"not found\n"
+                self.send_common(404, "text/plain; charset=utf-8", len(body))
+                if not head:
+                    self.wfile.write(body)
+                return
+            with open(full, "rb") as f:
+                body = f.read()
+            self.send_common(200, ctype, len(body))
+            if not head:
+                self.wfile.write(body)
+
+        def do_HEAD(self):
+            self.do_GET(head=True)
+
+    return Handler
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--root", default=os.path.dirname(here), help="the repository (holds www/ and pkg/)")
+    args = ap.parse_args()
+    www, pkg = os.path.join(args.root, "www"), os.path.join(args.root, "pkg")
+    if not os.path.isfile(os.path.join(pkg, "clipit_bg.wasm")):
+        print(f"warning: {pkg}/clipit_bg.wasm is missing: run ./build.sh web", file=sys.stderr)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(www, pkg))
+    print(f"serving clipit on http://127.0.0.1:{server.server_address[1]}/", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

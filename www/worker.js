@@ -1,0 +1,128 @@
+// The engine: runs the wasm module (pkg/clipit.js) off the page's thread so the page never
+// freezes. The page sends {id, type, ...args}; the worker answers {id, ok, result | error} and,
+// while working, {id, progress: {stage, done, total}}. Requests run one at a time, in order.
+// Tiles and the report corpus are kept here so that they cross from the page only once.
+import wasmInit, * as clipit from './pkg/clipit.js';
+
+const tiles = new Map(); // tile id -> {name, bytes: Uint8Array}
+let corpus = null; // {name, bytes: Uint8Array}
+let crashed = null; // set after a Rust panic: the module cannot be trusted any more
+
+const ready = wasmInit();
+
+function post(msg, transfer) {
+  self.postMessage(msg, transfer || []);
+}
+
+// WebGPU adapter facts that the wasm side cannot see (vendor, architecture).
+async function adapterFacts() {
+  try {
+    if (!self.navigator || !self.navigator.gpu) return null;
+    const adapter = await self.navigator.gpu.requestAdapter();
+    if (!adapter) return null;
+    const info = adapter.info || {};
+    return {
+      vendor: info.vendor || '',
+      architecture: info.architecture || '',
+      description: info.description || '',
+      isFallbackAdapter: Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter),
+      shaderF16: adapter.features.has('shader-f16'),
+    };
+  } catch {
+    return null;
+  }
+}
+
+function selection(ids) {
+  const chosen = ids ? ids.map((id) => [id, tiles.get(id)]).filter(([, t]) => t) : [...tiles.entries()];
+  return { ids: chosen.map(([id]) => id), bytes: chosen.map(([, t]) => t.bytes) };
+}
+
+const handlers = {
+  async init({ prefer }) {
+    const info = await clipit.init(prefer || 'auto');
+    info.gpu = info.backend === 'webgpu' || info.adapter ? await adapterFacts() : null;
+    info.version = clipit.version();
+    info.templates = clipit.default_templates();
+    return info;
+  },
+
+  async loadModel({ name, files }) {
+    const map = new Map(files.map((f) => [f.name, new Uint8Array(f.buffer)]));
+    const info = await clipit.load_model(map, name);
+    return info;
+  },
+
+  addTiles({ items }) {
+    for (const t of items) tiles.set(t.id, { name: t.name, bytes: new Uint8Array(t.buffer) });
+    return { count: tiles.size };
+  },
+
+  removeTiles({ ids }) {
+    if (!ids) tiles.clear();
+    else ids.forEach((id) => tiles.delete(id));
+    return { count: tiles.size };
+  },
+
+  setCorpus({ name, buffer }) {
+    corpus = buffer ? { name, bytes: new Uint8Array(buffer) } : null;
+    return { name: corpus && corpus.name };
+  },
+
+  async zeroShot({ ids, classes, templates }, progress) {
+    const sel = selection(ids);
+    return clipit.zero_shot(sel.bytes, sel.ids, classes, templates && templates.length ? templates : null, progress);
+  },
+
+  async retrieve({ ids, k }, progress) {
+    if (!corpus) throw new Error('pick a report corpus first');
+    const sel = selection(ids);
+    return clipit.retrieve(sel.bytes, sel.ids, corpus.bytes, corpus.name, k || 3, progress);
+  },
+
+  async embedImages({ ids }, progress) {
+    const sel = selection(ids);
+    return clipit.embed_images(sel.bytes, sel.ids, progress);
+  },
+
+  async embedTexts({ texts }, progress) {
+    return clipit.embed_texts(texts, progress);
+  },
+
+  thumbnail({ id, maxSide }) {
+    const t = tiles.get(id);
+    if (!t) throw new Error(`no tile ${id}`);
+    const out = clipit.thumbnail(t.bytes, t.name, maxSide || 256);
+    return out;
+  },
+
+  modelInfo() {
+    return clipit.model_info();
+  },
+};
+
+let queue = Promise.resolve();
+
+self.onmessage = (event) => {
+  const msg = event.data;
+  queue = queue.then(() => handle(msg));
+};
+
+async function handle({ id, type, args }) {
+  const progress = (stage, done, total) => post({ id, progress: { stage, done, total } });
+  try {
+    await ready;
+    if (crashed) throw new Error(`the engine stopped after an internal error (${crashed}); it restarts on the next model load`);
+    const handler = handlers[type];
+    if (!handler) throw new Error(`unknown request ${type}`);
+    const t0 = performance.now();
+    const result = await handler(args || {}, progress);
+    const transfer = result && result.rgba ? [result.rgba.buffer] : [];
+    post({ id, ok: true, result, ms: performance.now() - t0 }, transfer);
+  } catch (err) {
+    // A Rust panic surfaces as a WebAssembly RuntimeError (e.g. "unreachable").
+    const fatal = err instanceof WebAssembly.RuntimeError;
+    if (fatal) crashed = String(err.message || err);
+    post({ id, ok: false, error: String((err && err.message) || err), fatal });
+  }
+}
