@@ -45,8 +45,11 @@ fn train_args<'a>(method: &'a str, data: &'a str, out: &'a str, extra: &[&'a str
     let mut v = vec![
         "train", "--method", method, "--backbone", "tests/fixtures/timm_vit_small", "--teacher", "tests/fixtures/conch",
         "--reports", "data/reports/demo_reports.jsonl", "--data", data, "--out", out, "--batch-size", "16", "--seed", "1",
-        "--val-fraction", "0.3", "--lr", "1e-2", "--no-augment",
+        "--val-fraction", "0.3", "--no-augment",
     ];
+    if !extra.contains(&"--lr") {
+        v.extend(["--lr", "1e-2"]);
+    }
     v.extend_from_slice(extra);
     v
 }
@@ -120,4 +123,82 @@ fn one_class_dataset_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && !err.contains("panicked"), "{err}");
     assert!(err.contains("two classes"), "{err}");
+}
+
+#[test]
+fn manifest_with_groups_and_given_pairs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = lung_subset(tmp.path(), 10) else { return };
+    // A manifest with a group column (one group per source tile) and no split column.
+    let mut csv = String::from("path,label,group\n");
+    let mut files: Vec<(String, String)> = Vec::new();
+    for class in ["lung_aca", "lung_n", "lung_scc"] {
+        for f in std::fs::read_dir(data.join(class)).unwrap() {
+            let name = f.unwrap().file_name().to_string_lossy().into_owned();
+            files.push((format!("lung/{class}/{name}"), class.to_string()));
+        }
+    }
+    files.sort();
+    for (i, (path, class)) in files.iter().enumerate() {
+        csv.push_str(&format!("{path},{class},g{}\n", i / 2));
+    }
+    let manifest = tmp.path().join("manifest.csv");
+    std::fs::write(&manifest, csv).unwrap();
+    let pairs = tmp.path().join("pairs.jsonl");
+    ok(clipit(&[
+        "retrieve", "--model", "tests/fixtures/conch", "--images", data.to_str().unwrap(), "--reports",
+        "data/reports/demo_reports.jsonl", "--out", pairs.to_str().unwrap(), "--no-cache",
+    ]));
+    let run = tmp.path().join("run");
+    let args = |pairs: &Path| {
+        let mut v: Vec<String> = train_args("clipit", manifest.to_str().unwrap(), run.to_str().unwrap(), &["--epochs", "1"])
+            .into_iter()
+            .map(String::from)
+            .collect();
+        v.extend(["--pairs".to_string(), pairs.to_str().unwrap().to_string()]);
+        v
+    };
+    let argv = args(&pairs);
+    ok(clipit(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert!(cfg["pairs"].as_str().unwrap().ends_with("pairs.jsonl"));
+
+    // A pairs file that misses images is a clear error.
+    let partial = tmp.path().join("partial.jsonl");
+    let text = std::fs::read_to_string(&pairs).unwrap();
+    std::fs::write(&partial, text.lines().take(5).collect::<Vec<_>>().join("\n")).unwrap();
+    let argv = args(&partial);
+    let out = clipit(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("rank-1"), "{err}");
+}
+
+#[test]
+fn diverging_loss_stops_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = lung_subset(tmp.path(), 8) else { return };
+    let run = tmp.path().join("run");
+    let out = clipit(&train_args(
+        "linear-probe",
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        &["--lr", "1e36", "--grad-clip", "0", "--epochs", "20", "--val-every", "1"],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("training stopped") && err.contains("at step"), "{err}");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    assert!(state["step"].as_u64().unwrap() >= 1, "a checkpoint from before the failure is kept");
+    assert!(run.join("last.bpk").is_file());
+}
+
+#[test]
+fn unwritable_run_folder_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = lung_subset(tmp.path(), 4) else { return };
+    let out = clipit(&train_args("linear-probe", data.to_str().unwrap(), "/proc/clipit-run", &[]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("/proc/clipit-run"), "{err}");
 }

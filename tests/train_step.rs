@@ -10,8 +10,11 @@
 //! norm, the gradient of every trainable tensor **before clipping** (what `loss.backward()` leaves
 //! in `.grad`; the clipped gradient is that times `0.5 / (norm + 1e-6)`, the norm being compared
 //! too), and every trainable tensor after the optimiser step. The update itself (after − before,
-//! about lr per element) is compared as well, to 1e-3 of its largest element, so that the test
-//! does not rest on the parameters barely moving.
+//! about lr per element) is compared as well, to 3e-3 of its largest element (see
+//! [`UPDATE_TOL`]), so that the test does not rest on the parameters barely moving.
+//!
+//! Measured (flex CPU): losses and norms ≤ 1e-6, gradients ≤ 4e-6, parameters ≤ 4e-6, updates
+//! ≤ 7.5e-4 (1.2e-4 apart from one ill-conditioned element).
 //!
 //! Modes: `precomputed` (t from the frozen text tower, computed once), `text_lora` (t computed in
 //! the loop by the LoRA-adapted text tower, whose adapters train too, as in the official code) and
@@ -32,8 +35,12 @@ use safetensors::SafeTensors;
 
 /// Relative tolerance (max|Δ| / max|ref|) for losses, gradients and parameters.
 const TOL: f32 = 1e-4;
-/// Relative tolerance for the Adam update (after − before).
-const UPDATE_TOL: f32 = 1e-3;
+/// Relative tolerance for the Adam update (after − before), whose elements are about ±lr. The
+/// floor is f32 rounding of `after − before` (≈1.2e-4 of lr for weights near 1); the worst element
+/// seen (7.5e-4, paper-compat, `heads.fc0.0.weight`) is one where the clipped gradient and the L2
+/// term nearly cancel, so Adam's first step `g / (|g| + eps)` amplifies rounding. A semantic
+/// slip (eps, decoupled decay, clipping order) moves such elements by O(lr).
+const UPDATE_TOL: f32 = 3e-3;
 const STEPS: usize = 3;
 
 fn root() -> PathBuf {
@@ -121,7 +128,7 @@ fn host(t: Tensor<2>) -> (Vec<f32>, Vec<usize>) {
 
 fn host1(t: Tensor<1>) -> (Vec<f32>, Vec<usize>) {
     let n = t.dims()[0];
-    (t.into_data().to_vec::<f32>().unwrap(), vec![n])
+    (t.into_data().try_to_vec::<f32>().unwrap(), vec![n])
 }
 
 /// The heads' weights and biases: (key, Burn tensor of that param), in PyTorch naming.
@@ -216,7 +223,8 @@ fn rebuild(text_lora: bool, device: &Device) -> Rebuilt {
 
     let conch = Model::load(&fixture("conch"), device).unwrap();
     let (text, text_names, text_targets) = if text_lora {
-        let adapters = LoraAdapters::import_peft(&train_dir().join("text_lora")).unwrap();
+        let mut adapters = LoraAdapters::import_peft(&train_dir().join("text_lora")).unwrap();
+        adapters.config.targets.mha_out_proj = std::env::var("MUT").as_deref() == Ok("mha");
         let (text, report) = adapters.attach(conch.text.clone().unwrap(), &conch.params).unwrap();
         // peft's text-tower adapters: token embedding + 2 × (c_fc, c_proj); the two
         // MultiheadAttention out_proj adapters are inert in peft and left out.
@@ -257,8 +265,8 @@ fn run_mode(mode: &str, text_lora: bool, paper_compat: bool) {
     let mut m = rebuild(text_lora, &device);
     let opts = TrainOptions {
         lr: 1e-3,
-        weight_decay: 1e-4,
-        grad_clip: Some(0.5),
+        weight_decay: if std::env::var("MUT").as_deref() == Ok("wd") { 0.0 } else { 1e-4 },
+        grad_clip: if std::env::var("MUT").as_deref() == Ok("clip") { Some(0.6) } else { Some(0.5) },
         lambda: 1.0,
         paper_compat,
         ..TrainOptions::default()
@@ -299,7 +307,8 @@ fn run_mode(mode: &str, text_lora: bool, paper_compat: bool) {
 
         m.model = trainer.model.clone();
         let after = snapshot(&m);
-        for ((t, v), (_, v0)) in after.iter().zip(&before) {
+        for ((t, v), (t0, v0)) in after.iter().zip(&before) {
+            assert_eq!(t.key, t0.key);
             let want = exp.f32(&format!("s{s}.param.{}", t.key)).0;
             check(mode, &format!("step {s} param {}", t.key), v, &want, TOL, &mut worst_param);
             // The update, against torch's (its previous value is ours, checked at the last step).

@@ -10,7 +10,7 @@ use clipit::metrics::Report;
 use clipit::model::Model;
 use clipit::train::checkpoint::RunDir;
 use clipit::train::heads::HeadsConfig;
-use clipit::train::run::{load_run, predict, train as run_training, Method, RunConfig, TrainInputs};
+use clipit::train::run::{data_classes, load_run, predict, train as run_training, Method, RunConfig, TrainInputs};
 use clipit::train::trainer::TrainOptions;
 use clipit::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,9 +29,12 @@ pub struct TrainArgs {
     /// CLIP teacher folder used for retrieval and text targets (CONCH in the paper).
     #[arg(long)]
     teacher: Option<PathBuf>,
-    /// Labelled images: one sub-folder per class.
+    /// Labelled images: one sub-folder per class, or a CSV manifest `path,label[,split][,group]`.
     #[arg(long)]
     data: PathBuf,
+    /// Pseudo-pairs from `clipit retrieve` (otherwise the teacher retrieves them).
+    #[arg(long)]
+    pairs: Option<PathBuf>,
     /// Unpaired report corpus (one per line, or JSONL {"id","text"}).
     #[arg(long)]
     reports: Option<PathBuf>,
@@ -97,8 +100,7 @@ pub struct TrainArgs {
 /// `clipit train`.
 pub fn train(a: &TrainArgs) -> Result<()> {
     let plain = a.backend.device()?;
-    let folder = ImageFolder::scan(&a.data)?;
-    folder.notes.iter().for_each(|n| eprintln!("note: {n}"));
+    let classes = data_classes(&a.data)?;
     let backbone = Model::load(&a.backbone, &plain)?;
     let text_dim = match (&a.method, &a.teacher) {
         (Method::Clipit, Some(t)) => Model::load(t, &plain)?.embed_dim,
@@ -111,9 +113,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         teacher: a.teacher.as_ref().map(|t| t.canonicalize().map_err(|e| Error::io(t, e))).transpose()?,
         reports: a.reports.as_ref().map(|r| r.canonicalize().map_err(|e| Error::io(r, e))).transpose()?,
         data: a.data.canonicalize().map_err(|e| Error::io(&a.data, e))?,
-        classes: folder.classes.clone(),
+        pairs: a.pairs.as_ref().map(|p| p.canonicalize().map_err(|e| Error::io(p, e))).transpose()?,
+        classes: classes.clone(),
         val_fraction: a.val_fraction,
-        heads: HeadsConfig { feature_dim: backbone.embed_dim, text_dim, num_classes: folder.classes.len(), kd_layers: a.kd_layers },
+        heads: HeadsConfig { feature_dim: backbone.embed_dim, text_dim, num_classes: classes.len(), kd_layers: a.kd_layers },
         lora: (a.method == Method::Clipit).then(|| LoraConfig::new(a.lora_r, a.lora_alpha)),
         augment: !a.no_augment,
         options: TrainOptions {

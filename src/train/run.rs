@@ -11,14 +11,15 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{RunDir, RunState};
 use super::data::{BatchLoader, Dataset, LoaderConfig};
 use super::heads::{ClipItModel, HeadsConfig};
-use super::split::stratified_split;
+use super::data::{attach_pairs, read_manifest};
+use super::split::{group_split, stratified_split};
 use super::heads::cross_entropy;
 use super::trainer::{clipit_batch_loss, vision_batch_loss, LossParts, StepLog, TrainBatch, TrainOptions, Trainer};
 use crate::embed::{embed_image_files, embed_texts};
 use crate::lora::LoraConfig;
 use crate::metrics::Report;
 use crate::model::Model;
-use crate::retrieval::{matrix_from_host, matrix_to_host, top_k, Corpus};
+use crate::retrieval::{matrix_from_host, matrix_to_host, read_pairs_jsonl, top_k, Corpus};
 use crate::{Error, Result};
 
 /// The training methods of the paper's tables.
@@ -54,8 +55,11 @@ pub struct RunConfig {
     pub teacher: Option<PathBuf>,
     /// Report corpus (CLIP-IT only).
     pub reports: Option<PathBuf>,
-    /// Labelled images (ImageFolder).
+    /// Labelled images: an ImageFolder, or a CSV manifest (`path,label[,split][,group]`).
     pub data: PathBuf,
+    /// Pseudo-pairs from `clipit retrieve` to use instead of retrieving with the teacher.
+    #[serde(default)]
+    pub pairs: Option<PathBuf>,
     /// Class names, in label order.
     pub classes: Vec<String>,
     /// Fraction of each class held out for validation.
@@ -138,6 +142,53 @@ fn pseudo_pair_targets(teacher: &Model, corpus: &Corpus, samples: &Dataset, batc
     let mut values = Vec::with_capacity(paths.len() * dim);
     for hit in &hits {
         let j = hit[0].0;
+        values.extend_from_slice(&text[j * dim..(j + 1) * dim]);
+    }
+    Ok(TextTargets { values, dim })
+}
+
+/// The training and validation sets: a manifest's own splits (or a split of its training rows by
+/// group, then by class), or a stratified split of an ImageFolder.
+fn load_splits(cfg: &RunConfig) -> Result<(Dataset, Dataset)> {
+    let seed = cfg.options.seed;
+    if cfg.data.is_file() {
+        let m = read_manifest(&cfg.data)?;
+        let train = m.train.ok_or_else(|| Error::format(cfg.data.display(), "no training rows (split = train)"))?;
+        let train = train.with_class_order(&cfg.classes)?;
+        if let Some(val) = m.val {
+            return Ok((train, val.with_class_order(&cfg.classes)?));
+        }
+        let groups = train.groups();
+        let (t, v) = if groups.iter().any(Option::is_some) {
+            group_split(&train.labels(), &groups, cfg.val_fraction, seed)?
+        } else {
+            stratified_split(&train.labels(), cfg.val_fraction, seed)?
+        };
+        return Ok((train.subset(&t)?, train.subset(&v)?));
+    }
+    let dataset = Dataset::from_image_folder(&cfg.data)?.with_class_order(&cfg.classes)?;
+    let (t, v) = stratified_split(&dataset.labels(), cfg.val_fraction, seed)?;
+    Ok((dataset.subset(&t)?, dataset.subset(&v)?))
+}
+
+/// Class names of a training data argument (ImageFolder or manifest), in label order.
+pub fn data_classes(data: &Path) -> Result<Vec<String>> {
+    if data.is_file() {
+        Ok(read_manifest(data)?.classes)
+    } else {
+        Ok(Dataset::from_image_folder(data)?.classes)
+    }
+}
+
+/// Text targets from a pairs file written by `clipit retrieve` (rank-1 report per image).
+fn given_pair_targets(teacher: &Model, corpus: &Corpus, samples: &Dataset, pairs: &Path, batch: usize) -> Result<TextTargets> {
+    let pairs = read_pairs_jsonl(pairs)?;
+    let index = attach_pairs(samples, &pairs, &corpus.ids)?;
+    let mut text = embed_texts(teacher, &corpus.texts, batch, |_| {})?;
+    let dim = teacher.embed_dim;
+    l2_rows(&mut text, dim);
+    let mut values = Vec::with_capacity(index.len() * dim);
+    for j in index {
         values.extend_from_slice(&text[j * dim..(j + 1) * dim]);
     }
     Ok(TextTargets { values, dim })
@@ -297,9 +348,7 @@ pub fn train(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs) -> Result<RunSu
 /// [`train`] on a given autodiff device.
 pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Device) -> Result<RunSummary> {
     let opts = &cfg.options;
-    let dataset = Dataset::from_image_folder(&cfg.data)?.with_class_order(&cfg.classes)?;
-    let (train_idx, val_idx) = stratified_split(&dataset.labels(), cfg.val_fraction, opts.seed)?;
-    let (train_set, val_set) = (dataset.subset(&train_idx)?, dataset.subset(&val_idx)?);
+    let (train_set, val_set) = load_splits(cfg)?;
 
     let plain = device.clone().without_autodiff();
     let (train_targets, val_targets) = match cfg.method {
@@ -312,7 +361,11 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
             }
             let corpus = Corpus::read(reports)?;
             let batch = opts.batch_size.min(64);
-            (Some(pseudo_pair_targets(&teacher, &corpus, &train_set, batch)?), Some(pseudo_pair_targets(&teacher, &corpus, &val_set, batch)?))
+            let targets = |set: &Dataset| match &cfg.pairs {
+                Some(pairs) => given_pair_targets(&teacher, &corpus, set, pairs, batch),
+                None => pseudo_pair_targets(&teacher, &corpus, set, batch),
+            };
+            (Some(targets(&train_set)?), Some(targets(&val_set)?))
         }
         Method::LinearProbe => (None, None),
     };
@@ -372,7 +425,7 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
                 let (val_loss, probs, labels) = source.evaluate(&trainer.model, opts, device)?;
                 let report = Report::from_probs(&probs, &labels, &cfg.classes)?;
                 run.log(&ValLog { step: trainer.step, val_loss, val_balanced_accuracy: report.balanced_accuracy })?;
-                if state.best_val_loss.is_none_or(|b| val_loss < b) {
+                if val_loss.is_finite() && state.best_val_loss.is_none_or(|b| val_loss < b) {
                     state.best_val_loss = Some(val_loss);
                     state.best_step = Some(trainer.step);
                     run.save_params("best.bpk", &trainer.model)?;
