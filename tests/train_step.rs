@@ -223,8 +223,7 @@ fn rebuild(text_lora: bool, device: &Device) -> Rebuilt {
 
     let conch = Model::load(&fixture("conch"), device).unwrap();
     let (text, text_names, text_targets) = if text_lora {
-        let mut adapters = LoraAdapters::import_peft(&train_dir().join("text_lora")).unwrap();
-        adapters.config.targets.mha_out_proj = std::env::var("MUT").as_deref() == Ok("mha");
+        let adapters = LoraAdapters::import_peft(&train_dir().join("text_lora")).unwrap();
         let (text, report) = adapters.attach(conch.text.clone().unwrap(), &conch.params).unwrap();
         // peft's text-tower adapters: token embedding + 2 × (c_fc, c_proj); the two
         // MultiheadAttention out_proj adapters are inert in peft and left out.
@@ -265,8 +264,8 @@ fn run_mode(mode: &str, text_lora: bool, paper_compat: bool) {
     let mut m = rebuild(text_lora, &device);
     let opts = TrainOptions {
         lr: 1e-3,
-        weight_decay: if std::env::var("MUT").as_deref() == Ok("wd") { 0.0 } else { 1e-4 },
-        grad_clip: if std::env::var("MUT").as_deref() == Ok("clip") { Some(0.6) } else { Some(0.5) },
+        weight_decay: 1e-4,
+        grad_clip: Some(0.5),
         lambda: 1.0,
         paper_compat,
         ..TrainOptions::default()
