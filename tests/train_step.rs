@@ -25,10 +25,11 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
+use clipit::lora::LoraConfig;
 use clipit::lora::{lora_state, LoraAdapters};
 use clipit::model::Model;
 use clipit::retrieval::matrix_to_host;
-use clipit::train::heads::{ClipItHeads, ClipItModel, Projector};
+use clipit::train::heads::{text_lora_tower, ClipItHeads, ClipItModel, Projector};
 use clipit::train::trainer::{clipit_batch_loss, TrainBatch, TrainOptions, Trainer};
 use clipit::weights::{linear_from_torch, ParamKind, ParamNames};
 use safetensors::SafeTensors;
@@ -70,7 +71,8 @@ impl Tensors {
     fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
         let st = SafeTensors::deserialize(&self.0).unwrap();
         let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
-        let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let v =
+            t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
         (v, t.shape().to_vec())
     }
 
@@ -81,7 +83,8 @@ impl Tensors {
     fn i64(&self, name: &str) -> (Vec<i64>, Vec<usize>) {
         let st = SafeTensors::deserialize(&self.0).unwrap();
         let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
-        let v = t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        let v =
+            t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
         (v, t.shape().to_vec())
     }
 }
@@ -149,7 +152,11 @@ fn head_tensors(h: &ClipItHeads) -> Vec<(String, ParamId, bool, (Vec<f32>, Vec<u
 }
 
 /// Every LoRA factor of `module`: (key, id, Burn value), keys as peft names them.
-fn lora_tensors<M: Module>(module: &M, names: &ParamNames, prefix: &str) -> Vec<(String, ParamId, bool, (Vec<f32>, Vec<usize>))> {
+fn lora_tensors<M: Module>(
+    module: &M,
+    names: &ParamNames,
+    prefix: &str,
+) -> Vec<(String, ParamId, bool, (Vec<f32>, Vec<usize>))> {
     let mut out = Vec::new();
     for s in lora_state(module) {
         let info = names.get(s.base).unwrap();
@@ -218,7 +225,8 @@ fn rebuild(text_lora: bool, device: &Device) -> Rebuilt {
     let (pixels, ps) = batch_st.f32("pixel_values");
     let (labels, _) = batch_st.i64("labels");
     let (ids, is) = batch_st.i64("input_ids");
-    let ids: Vec<Vec<u32>> = ids.chunks(is[1]).map(|r| r.iter().map(|&t| t as u32).collect()).collect();
+    let ids: Vec<Vec<u32>> =
+        ids.chunks(is[1]).map(|r| r.iter().map(|&t| t as u32).collect()).collect();
     let n = labels.len();
 
     let conch = Model::load(&fixture("conch"), device).unwrap();
@@ -272,11 +280,16 @@ fn run_mode(mode: &str, text_lora: bool, paper_compat: bool) {
     };
     let model = m.model.clone();
     let mut trainer = Trainer::new(model, opts.clone());
-    let (mut worst_grad, mut worst_param, mut worst_update, mut worst_loss) = (0f32, 0f32, 0f32, 0f32);
+    let (mut worst_grad, mut worst_param, mut worst_update, mut worst_loss) =
+        (0f32, 0f32, 0f32, 0f32);
     for s in 1..=STEPS {
         m.model = trainer.model.clone();
         let before = snapshot(&m);
-        let keys: Vec<String> = exp.names().into_iter().filter_map(|k| k.strip_prefix(&format!("s{s}.grad.")).map(String::from)).collect();
+        let keys: Vec<String> = exp
+            .names()
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&format!("s{s}.grad.")).map(String::from))
+            .collect();
         let mut ours: Vec<&str> = before.iter().map(|(t, _)| t.key.as_str()).collect();
         let mut theirs: Vec<&str> = keys.iter().map(String::as_str).collect();
         ours.sort_unstable();
@@ -295,11 +308,20 @@ fn run_mode(mode: &str, text_lora: bool, paper_compat: bool) {
             };
             let g = g.unwrap_or_else(|| panic!("{mode}: {} got no gradient", t.key));
             let want = exp.f32(&format!("s{s}.grad.{}", t.key)).0;
-            check(mode, &format!("step {s} grad {}", t.key), &torch_layout(t, g), &want, TOL, &mut worst_grad);
+            check(
+                mode,
+                &format!("step {s} grad {}", t.key),
+                &torch_layout(t, g),
+                &want,
+                TOL,
+                &mut worst_grad,
+            );
         }
 
         let log = trainer.step(0, |model| clipit_batch_loss(model, &m.batch, &opts)).unwrap();
-        for (what, got) in [("loss", log.loss), ("ce", log.ce), ("kd", log.kd), ("grad_norm", log.grad_norm)] {
+        for (what, got) in
+            [("loss", log.loss), ("ce", log.ce), ("kd", log.kd), ("grad_norm", log.grad_norm)]
+        {
             let want = exp.scalar(&format!("s{s}.{what}"));
             check(mode, &format!("step {s} {what}"), &[got as f32], &[want], TOL, &mut worst_loss);
         }
@@ -310,11 +332,19 @@ fn run_mode(mode: &str, text_lora: bool, paper_compat: bool) {
             assert_eq!(t.key, t0.key);
             let want = exp.f32(&format!("s{s}.param.{}", t.key)).0;
             check(mode, &format!("step {s} param {}", t.key), v, &want, TOL, &mut worst_param);
-            // The update, against torch's (its previous value is ours, checked at the last step).
-            let prev = if s == 1 { v0.clone() } else { exp.f32(&format!("s{}.param.{}", s - 1, t.key)).0 };
+            // Our update (from our previous value) against torch's (from torch's).
+            let prev =
+                if s == 1 { v0.clone() } else { exp.f32(&format!("s{}.param.{}", s - 1, t.key)).0 };
             let du: Vec<f32> = v.iter().zip(v0).map(|(a, b)| a - b).collect();
             let dw: Vec<f32> = want.iter().zip(&prev).map(|(a, b)| a - b).collect();
-            check(mode, &format!("step {s} update {}", t.key), &du, &dw, UPDATE_TOL, &mut worst_update);
+            check(
+                mode,
+                &format!("step {s} update {}", t.key),
+                &du,
+                &dw,
+                UPDATE_TOL,
+                &mut worst_update,
+            );
         }
     }
     eprintln!(
@@ -337,6 +367,37 @@ fn text_lora_paper_compat_matches_peft_and_torch() {
     run_mode("text_lora_paper_compat", true, true);
 }
 
+/// `text_lora_tower` gives the teacher's text tower peft's adapters (token embedding and MLP
+/// linears, not the inert `out_proj`), and a text-LoRA step trains them.
+#[test]
+fn text_lora_tower_trains_in_the_loop() {
+    let device = Device::flex().autodiff();
+    let m = rebuild(false, &device);
+    let conch = Model::load(&fixture("conch"), &device).unwrap();
+    let text = text_lora_tower(&conch, &LoraConfig::new(4, 8.0), 3).unwrap();
+    let before = lora_tensors(&text, &conch.params, "text");
+    assert_eq!(before.len(), 10, "5 adapters");
+    let ids = vec![vec![1, 5, 6, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]; 4];
+    let batch = TrainBatch { text_targets: None, ..m.batch }.with_token_ids(ids);
+    let model = ClipItModel { text: Some(text), ..m.model };
+    let opts = TrainOptions::default();
+    // peft's init (B = 0; embedding A = 0) leaves only linear B and embedding A a gradient.
+    let parts = clipit_batch_loss(&model, &batch, &opts).unwrap();
+    let grads = GradientsParams::from_grads(parts.total.backward(), &model);
+    for (key, id, _, _) in &before {
+        let g = host(grads.get::<2>(*id).unwrap_or_else(|| panic!("{key}: no gradient"))).0;
+        let live = key.ends_with("lora_B.weight") || key.ends_with("lora_embedding_A");
+        assert_eq!(g.iter().any(|&v| v != 0.0), live, "{key}");
+    }
+    let mut trainer = Trainer::new(model, opts.clone());
+    let log = trainer.step(0, |model| clipit_batch_loss(model, &batch, &opts)).unwrap();
+    assert!(log.kd > 0.0 && log.loss.is_finite());
+    let after = lora_tensors(trainer.model.text.as_ref().unwrap(), &conch.params, "text");
+    for ((key, _, _, a), (_, _, _, b)) in after.iter().zip(&before) {
+        assert_ne!(a.0, b.0, "{key} did not move");
+    }
+}
+
 /// Text-LoRA mode without the reports' token ids is an error, not a silent fallback.
 #[test]
 fn text_lora_needs_token_ids() {
@@ -344,6 +405,7 @@ fn text_lora_needs_token_ids() {
     let m = rebuild(true, &device);
     let mut batch = m.batch;
     batch.token_ids = None;
-    let err = clipit_batch_loss(&m.model, &batch, &TrainOptions::default()).err().unwrap().to_string();
+    let err =
+        clipit_batch_loss(&m.model, &batch, &TrainOptions::default()).err().unwrap().to_string();
     assert!(err.contains("token ids"), "{err}");
 }

@@ -162,7 +162,6 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         pooling: TextPooling::AppendedCls { pad_id: t.pad_id },
         heads: t.heads,
     };
-    let logit_scale = l.values("logit_scale", &[]).map(|v| v[0]).unwrap_or((1.0f32 / 0.07).ln());
     let mut tokenizer = TextTokenizer::from_json(
         &files.read("tokenizer.json")?,
         &files.path_of("tokenizer.json"),
@@ -171,16 +170,5 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         t.context_length,
     )?;
     tokenizer.reserved = 1;
-    Ok(Model {
-        architecture: Architecture::Conch,
-        name: files.name(),
-        preprocess: preprocess_from(&json, v.image_size),
-        embed_dim: e,
-        logit_scale,
-        tokenizer: Some(tokenizer),
-        ignored_tensors: l.unused(),
-        params: l.param_names(),
-        vision,
-        text: Some(text),
-    })
+    Ok(Model::assemble(Architecture::Conch, files, &l, vision, Some((text, tokenizer)), preprocess_from(&json, v.image_size), e))
 }

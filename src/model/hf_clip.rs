@@ -222,23 +222,11 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         pooling,
         heads: t.num_attention_heads,
     };
-    let logit_scale = l.values("logit_scale", &[]).map(|v| v[0]).unwrap_or(2.6592);
 
     let tokenizer = if files.has("tokenizer.json") {
         TextTokenizer::from_json(&files.read("tokenizer.json")?, &files.path_of("tokenizer.json"), ["<|startoftext|>", "<|endoftext|>"], None, t.max_position_embeddings)?
     } else {
         TextTokenizer::clip(t.max_position_embeddings, true)?
     };
-    Ok(Model {
-        architecture: Architecture::HfClip,
-        name: files.name(),
-        preprocess: preprocess(files, v.image_size)?,
-        embed_dim: e,
-        logit_scale,
-        tokenizer: Some(tokenizer),
-        ignored_tensors: l.unused(),
-        params: l.param_names(),
-        vision,
-        text: Some(text),
-    })
+    Ok(Model::assemble(Architecture::HfClip, files, &l, vision, Some((text, tokenizer)), preprocess(files, v.image_size)?, e))
 }

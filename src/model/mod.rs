@@ -151,6 +151,36 @@ impl Model {
         self.vision.num_params() + self.text.as_ref().map_or(0, |t| t.num_params())
     }
 
+    /// Puts a loaded model together. With a text tower, the checkpoint's `logit_scale` is read
+    /// (CLIP's initial ln(1/0.07) when the checkpoint has none).
+    pub(crate) fn assemble(
+        architecture: Architecture,
+        files: &ModelFiles,
+        l: &crate::weights::Loader,
+        vision: VisionTransformer,
+        text: Option<(TextTransformer, TextTokenizer)>,
+        preprocess: PreprocessConfig,
+        embed_dim: usize,
+    ) -> Self {
+        let logit_scale = match text {
+            Some(_) => l.values("logit_scale", &[]).map(|v| v[0]).unwrap_or((1.0f32 / 0.07).ln()),
+            None => 0.0,
+        };
+        let (text, tokenizer) = text.unzip();
+        Model {
+            architecture,
+            name: files.name(),
+            vision,
+            text,
+            tokenizer,
+            logit_scale,
+            preprocess,
+            embed_dim,
+            ignored_tensors: l.unused(),
+            params: l.param_names(),
+        }
+    }
+
     fn no_text(&self) -> Error {
         Error::msg(format!("{}: this {} checkpoint has no text encoder", self.name, self.architecture))
     }

@@ -205,7 +205,6 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         pooling: TextPooling::Argmax,
         heads: t.heads,
     };
-    let logit_scale = l.values("logit_scale", &[]).map(|v| v[0]).unwrap_or((1.0f32 / 0.07).ln());
     let tokenizer = if files.has("tokenizer.json") {
         let mut tok = TextTokenizer::from_json(&files.read("tokenizer.json")?, &files.path_of("tokenizer.json"), ["<|startoftext|>", "<|endoftext|>"], None, t.context_length)?;
         tok.pad_id = 0;
@@ -213,16 +212,5 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     } else {
         TextTokenizer::clip(t.context_length, false)?
     };
-    Ok(Model {
-        architecture: Architecture::OpenClip,
-        name: files.name(),
-        preprocess: preprocess_from(&json, image_size),
-        embed_dim: e,
-        logit_scale,
-        tokenizer: Some(tokenizer),
-        ignored_tensors: l.unused(),
-        params: l.param_names(),
-        vision,
-        text: Some(text),
-    })
+    Ok(Model::assemble(Architecture::OpenClip, files, &l, vision, Some((text, tokenizer)), preprocess_from(&json, image_size), e))
 }

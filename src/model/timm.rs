@@ -192,16 +192,5 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     let l = Loader::new(source, device);
     let vision = load_trunk(&l, "", &a, &file)?;
     let image_size = vision.geometry.image_size;
-    Ok(Model {
-        architecture: Architecture::Timm,
-        name: files.name(),
-        preprocess: preprocess(&json, image_size),
-        embed_dim: a.embed_dim,
-        logit_scale: 0.0,
-        tokenizer: None,
-        ignored_tensors: l.unused(),
-        params: l.param_names(),
-        vision,
-        text: None,
-    })
+    Ok(Model::assemble(Architecture::Timm, files, &l, vision, None, preprocess(&json, image_size), a.embed_dim))
 }
