@@ -202,3 +202,19 @@ fn unwritable_run_folder_is_a_clear_error() {
     assert!(!out.status.success() && !err.contains("panicked"), "{err}");
     assert!(err.contains("/proc/clipit-run"), "{err}");
 }
+
+#[test]
+fn text_lora_mode_trains_the_teacher_text_tower_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = lung_subset(tmp.path(), 8) else { return };
+    let run = tmp.path().join("run");
+    ok(clipit(&train_args("clipit", data.to_str().unwrap(), run.to_str().unwrap(), &["--epochs", "1", "--text-lora"])));
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(cfg["text_lora"], true);
+    // The checkpoint holds the text tower's LoRA factors beside the backbone's and the heads.
+    let size = |f: &str| std::fs::metadata(run.join(f)).unwrap().len();
+    let precomputed = tmp.path().join("pre");
+    ok(clipit(&train_args("clipit", data.to_str().unwrap(), precomputed.to_str().unwrap(), &["--epochs", "1"])));
+    assert!(size("last.bpk") > std::fs::metadata(precomputed.join("last.bpk")).unwrap().len());
+    ok(clipit(&["eval", "--run", run.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"]));
+}

@@ -86,6 +86,10 @@ pub struct TrainArgs {
     /// Cosine learning-rate schedule (T_max 12,500, eta_min 1e-4).
     #[arg(long)]
     cosine: bool,
+    /// Train LoRA on the teacher's text tower in the loop (the paper's default; slower) instead of
+    /// precomputed text targets.
+    #[arg(long)]
+    text_lora: bool,
     /// Train without the paper's flips and colour jitter.
     #[arg(long)]
     no_augment: bool,
@@ -119,6 +123,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         heads: HeadsConfig { feature_dim: backbone.embed_dim, text_dim, num_classes: classes.len(), kd_layers: a.kd_layers },
         lora: (a.method == Method::Clipit).then(|| LoraConfig::new(a.lora_r, a.lora_alpha)),
         augment: !a.no_augment,
+        text_lora: a.text_lora,
         options: TrainOptions {
             epochs: a.epochs,
             batch_size: a.batch_size,

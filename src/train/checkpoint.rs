@@ -94,7 +94,7 @@ impl RunDir {
         let path = self.file(name);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| self.err(name, e))?;
-        model.try_load_record(record.allow_partial(true)).map_err(|e| self.err(name, e))
+        model.try_load_record(record.allow_partial(true).allow_unused(true)).map_err(|e| self.err(name, e))
     }
 
     /// Saves a checkpoint to resume from: parameters, optimiser state, then the state file last,

@@ -3,6 +3,7 @@
 //! validation and checkpoints, and the final report.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{RunDir, RunState};
 use super::data::{BatchLoader, Dataset, LoaderConfig};
-use super::heads::{ClipItModel, HeadsConfig};
+use super::heads::{text_lora_tower, ClipItModel, HeadsConfig};
 use super::data::{attach_pairs, read_manifest};
 use super::split::{group_split, stratified_split};
 use super::heads::cross_entropy;
@@ -18,6 +19,7 @@ use super::trainer::{clipit_batch_loss, vision_batch_loss, LossParts, StepLog, T
 use crate::embed::{embed_image_files, embed_texts};
 use crate::lora::LoraConfig;
 use crate::metrics::Report;
+use crate::model::text::TextTransformer;
 use crate::model::Model;
 use crate::retrieval::{matrix_from_host, matrix_to_host, read_pairs_jsonl, top_k, Corpus};
 use crate::{Error, Result};
@@ -70,6 +72,10 @@ pub struct RunConfig {
     pub lora: Option<LoraConfig>,
     /// Use the paper's augmentations on training images.
     pub augment: bool,
+    /// Train LoRA on the teacher's text tower in the loop (the paper's default) instead of using
+    /// precomputed text targets.
+    #[serde(default)]
+    pub text_lora: bool,
     /// Optimisation options.
     pub options: TrainOptions,
 }
@@ -106,20 +112,40 @@ pub struct TrainInputs<'a> {
     pub resume: bool,
 }
 
-/// Text targets for CLIP-IT: the L2-normalised teacher embedding of each sample's top-1 report.
+/// CLIP-IT's pairing of samples with reports, and what the loss needs from it: the
+/// L2-normalised teacher embedding of each sample's report (precomputed targets) and, for
+/// text-LoRA training, the report's token ids.
 struct TextTargets {
-    /// Row-major `[samples, dim]`.
-    values: Vec<f32>,
+    /// Row-major `[reports, dim]` normalised report embeddings.
+    table: Arc<Vec<f32>>,
     dim: usize,
+    /// Token ids of every report (text-LoRA mode only).
+    tokens: Option<Arc<Vec<Vec<u32>>>>,
+    /// The report index of each sample.
+    index: Vec<usize>,
 }
 
 impl TextTargets {
-    fn rows(&self, indices: &[usize]) -> (Vec<f32>, usize) {
-        let mut out = Vec::with_capacity(indices.len() * self.dim);
-        for &i in indices {
-            out.extend_from_slice(&self.values[i * self.dim..(i + 1) * self.dim]);
+    fn rows(&self, samples: &[usize]) -> (Vec<f32>, usize) {
+        let mut out = Vec::with_capacity(samples.len() * self.dim);
+        for &i in samples {
+            let j = self.index[i];
+            out.extend_from_slice(&self.table[j * self.dim..(j + 1) * self.dim]);
         }
         (out, self.dim)
+    }
+
+    fn token_ids(&self, samples: &[usize]) -> Option<Vec<Vec<u32>>> {
+        self.tokens.as_ref().map(|t| samples.iter().map(|&i| t[self.index[i]].clone()).collect())
+    }
+
+    /// A training batch with these samples' targets (and token ids in text-LoRA mode).
+    fn batch(&self, b: &super::data::Batch, device: &Device) -> TrainBatch {
+        let tb = TrainBatch::from_host(b.pixels.clone(), b.crop, &b.labels, Some(self.rows(&b.indices)), device);
+        match self.token_ids(&b.indices) {
+            Some(ids) => tb.with_token_ids(ids),
+            None => tb,
+        }
     }
 }
 
@@ -130,21 +156,34 @@ fn l2_rows(values: &mut [f32], dim: usize) {
     }
 }
 
-/// Pairs every sample with its top-1 report (CLIP-IT step 1) and returns the text targets.
-fn pseudo_pair_targets(teacher: &Model, corpus: &Corpus, samples: &Dataset, batch: usize) -> Result<TextTargets> {
+/// The top-1 report of every sample by cosine with the teacher (CLIP-IT step 1).
+fn retrieve_indices(teacher: &Model, table: &[f32], samples: &Dataset, batch: usize) -> Result<Vec<usize>> {
     let device = teacher.vision.pos_embed.val().device();
-    let mut text = embed_texts(teacher, &corpus.texts, batch, |_| {})?;
-    let dim = teacher.embed_dim;
-    l2_rows(&mut text, dim);
     let paths: Vec<PathBuf> = samples.samples.iter().map(|s| s.path.clone()).collect();
     let images = embed_image_files(teacher, &paths, batch, false, |_| {})?;
-    let hits = top_k(matrix_from_host(&images.values, images.dim, &device)?, matrix_from_host(&text, dim, &device)?, 1)?;
-    let mut values = Vec::with_capacity(paths.len() * dim);
-    for hit in &hits {
-        let j = hit[0].0;
-        values.extend_from_slice(&text[j * dim..(j + 1) * dim]);
-    }
-    Ok(TextTargets { values, dim })
+    let hits = top_k(matrix_from_host(&images.values, images.dim, &device)?, matrix_from_host(table, teacher.embed_dim, &device)?, 1)?;
+    Ok(hits.iter().map(|h| h[0].0).collect())
+}
+
+/// Pairs the training and validation samples with reports, by retrieval or from `cfg.pairs`.
+fn pair_reports(cfg: &RunConfig, teacher: &Model, sets: [&Dataset; 2]) -> Result<[TextTargets; 2]> {
+    let reports = cfg.reports.as_ref().ok_or_else(|| Error::msg("CLIP-IT needs --reports"))?;
+    let corpus = Corpus::read(reports)?;
+    let batch = cfg.options.batch_size.min(64);
+    let dim = teacher.embed_dim;
+    let mut table = embed_texts(teacher, &corpus.texts, batch, |_| {})?;
+    l2_rows(&mut table, dim);
+    let table = Arc::new(table);
+    let tokens = if cfg.text_lora { Some(Arc::new(teacher.tokenize(&corpus.texts)?)) } else { None };
+    let pairs = cfg.pairs.as_ref().map(read_pairs_jsonl).transpose()?;
+    let targets = |set: &Dataset| -> Result<TextTargets> {
+        let index = match &pairs {
+            Some(p) => attach_pairs(set, p, &corpus.ids)?,
+            None => retrieve_indices(teacher, &table, set, batch)?,
+        };
+        Ok(TextTargets { table: table.clone(), dim, tokens: tokens.clone(), index })
+    };
+    Ok([targets(sets[0])?, targets(sets[1])?])
 }
 
 /// The training and validation sets: a manifest's own splits (or a split of its training rows by
@@ -180,29 +219,26 @@ pub fn data_classes(data: &Path) -> Result<Vec<String>> {
     }
 }
 
-/// Text targets from a pairs file written by `clipit retrieve` (rank-1 report per image).
-fn given_pair_targets(teacher: &Model, corpus: &Corpus, samples: &Dataset, pairs: &Path, batch: usize) -> Result<TextTargets> {
-    let pairs = read_pairs_jsonl(pairs)?;
-    let index = attach_pairs(samples, &pairs, &corpus.ids)?;
-    let mut text = embed_texts(teacher, &corpus.texts, batch, |_| {})?;
-    let dim = teacher.embed_dim;
-    l2_rows(&mut text, dim);
-    let mut values = Vec::with_capacity(index.len() * dim);
-    for j in index {
-        values.extend_from_slice(&text[j * dim..(j + 1) * dim]);
+/// Builds the CLIP-IT model: the backbone's vision tower (with LoRA) and fresh heads.
+/// The teacher's text tower with LoRA, for text-LoRA training (`None` with precomputed targets).
+fn text_tower(cfg: &RunConfig, device: &Device) -> Result<Option<TextTransformer>> {
+    match (&cfg.teacher, &cfg.lora, cfg.text_lora) {
+        (Some(dir), Some(lora), true) => {
+            device.seed(cfg.options.seed.wrapping_add(1));
+            Ok(Some(text_lora_tower(&Model::load(dir, device)?, lora, cfg.options.seed.wrapping_add(1))?))
+        }
+        _ => Ok(None),
     }
-    Ok(TextTargets { values, dim })
 }
 
-/// Builds the CLIP-IT model: the backbone's vision tower (with LoRA) and fresh heads.
-fn build_model(cfg: &RunConfig, device: &Device) -> Result<ClipItModel> {
+fn build_model(cfg: &RunConfig, device: &Device, text: Option<TextTransformer>) -> Result<ClipItModel> {
     device.seed(cfg.options.seed);
     let backbone = Model::load(&cfg.backbone, device)?;
     let mut vision = backbone.vision.no_grad();
     if let (Method::Clipit, Some(lora)) = (cfg.method, &cfg.lora) {
         vision = crate::lora::apply_lora(vision, &backbone.params, lora, cfg.options.seed)?;
     }
-    Ok(ClipItModel { backbone: vision, heads: cfg.heads.init(device), text: None })
+    Ok(ClipItModel { backbone: vision, heads: cfg.heads.init(device), text })
 }
 
 /// Mean loss and class probabilities over a loader's data (no gradients).
@@ -215,7 +251,10 @@ fn evaluate(model: &ClipItModel, loader: &BatchLoader, targets: Option<&TextTarg
         if batch.is_empty() {
             continue;
         }
-        let tb = TrainBatch::from_host(batch.pixels.clone(), batch.crop, &batch.labels, targets.map(|t| t.rows(&batch.indices)), &plain);
+        let tb = match targets {
+            Some(t) => t.batch(&batch, &plain),
+            None => TrainBatch::from_host(batch.pixels.clone(), batch.crop, &batch.labels, None, &plain),
+        };
         let parts = match targets {
             Some(_) => clipit_batch_loss(&model, &tb, opts)?,
             None => vision_batch_loss(&model, &tb, opts)?,
@@ -281,8 +320,11 @@ impl Source {
         match self {
             Source::Images { train, train_targets, .. } => Box::new(train.epoch(epoch as u64).map(move |b| {
                 (!b.is_empty()).then(|| {
-                    let targets = train_targets.as_ref().map(|t| t.rows(&b.indices));
-                    (StepInput::Images(TrainBatch::from_host(b.pixels.clone(), b.crop, &b.labels, targets, device)), b.len())
+                    let batch = match train_targets {
+                        Some(t) => t.batch(&b, device),
+                        None => TrainBatch::from_host(b.pixels.clone(), b.crop, &b.labels, None, device),
+                    };
+                    (StepInput::Images(batch), b.len())
                 })
             })),
             Source::Features { train, batch, seed, .. } => {
@@ -351,26 +393,20 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
     let (train_set, val_set) = load_splits(cfg)?;
 
     let plain = device.clone().without_autodiff();
-    let (train_targets, val_targets) = match cfg.method {
+    let (train_targets, val_targets, text_tower) = match cfg.method {
         Method::Clipit => {
             let teacher_dir = cfg.teacher.as_ref().ok_or_else(|| Error::msg("CLIP-IT needs --teacher"))?;
-            let reports = cfg.reports.as_ref().ok_or_else(|| Error::msg("CLIP-IT needs --reports"))?;
             let teacher = Model::load(teacher_dir, &plain)?;
             if !teacher.has_text() {
                 return Err(Error::msg(format!("{}: the teacher needs a text encoder", teacher.name)));
             }
-            let corpus = Corpus::read(reports)?;
-            let batch = opts.batch_size.min(64);
-            let targets = |set: &Dataset| match &cfg.pairs {
-                Some(pairs) => given_pair_targets(&teacher, &corpus, set, pairs, batch),
-                None => pseudo_pair_targets(&teacher, &corpus, set, batch),
-            };
-            (Some(targets(&train_set)?), Some(targets(&val_set)?))
+            let [train, val] = pair_reports(cfg, &teacher, [&train_set, &val_set])?;
+            (Some(train), Some(val), text_tower(cfg, device)?)
         }
-        Method::LinearProbe => (None, None),
+        Method::LinearProbe => (None, None, None),
     };
 
-    let model = build_model(cfg, device)?;
+    let model = build_model(cfg, device, text_tower)?;
     let preprocess = Model::load(&cfg.backbone, &plain)?.preprocess;
     let mut train_cfg = LoaderConfig::new(preprocess, opts.batch_size);
     train_cfg.seed = opts.seed;
@@ -450,7 +486,7 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
 pub fn load_run(run_dir: &Path, device: &Device) -> Result<(RunConfig, ClipItModel, crate::preprocess::PreprocessConfig)> {
     let run = RunDir::open(run_dir)?;
     let cfg: RunConfig = run.read_json("run.json")?;
-    let model = build_model(&cfg, &device.clone().autodiff())?;
+    let model = build_model(&cfg, &device.clone().autodiff(), None)?;
     let model = run.load_params("best.bpk", model)?.valid();
     let preprocess = Model::load(&cfg.backbone, device)?.preprocess;
     Ok((cfg, model, preprocess))
