@@ -218,3 +218,30 @@ fn text_lora_mode_trains_the_teacher_text_tower_and_evaluates() {
     assert!(size("last.bpk") > std::fs::metadata(precomputed.join("last.bpk")).unwrap().len());
     ok(clipit(&["eval", "--run", run.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"]));
 }
+
+#[test]
+fn clipit_vision_branch_can_start_from_the_linear_probe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = lung_subset(tmp.path(), 8) else { return };
+    let data = data.to_str().unwrap();
+    let probe = tmp.path().join("probe");
+    ok(clipit(&train_args("linear-probe", data, probe.to_str().unwrap(), &["--epochs", "2"])));
+    let run = tmp.path().join("clipit");
+    let out = ok(clipit(&train_args("clipit", data, run.to_str().unwrap(), &["--epochs", "1", "--init-from", probe.to_str().unwrap()])));
+    assert!(report(&out)["balanced_accuracy"].as_f64().is_some());
+    ok(clipit(&["eval", "--run", run.to_str().unwrap(), "--data", data, "--json"]));
+    // A probe trained on other classes is refused.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for class in ["lung_aca", "lung_n"] {
+        let dst = other.join(class);
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in std::fs::read_dir(Path::new(data).join(class)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let bad = clipit(&train_args("clipit", other.to_str().unwrap(), tmp.path().join("bad").to_str().unwrap(), &["--init-from", probe.to_str().unwrap()]));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("--init-from"), "{err}");
+}

@@ -86,6 +86,10 @@ pub struct TrainArgs {
     /// Cosine learning-rate schedule (T_max 12,500, eta_min 1e-4).
     #[arg(long)]
     cosine: bool,
+    /// A linear-probe run (same backbone and data) whose trained h_v starts the vision branch,
+    /// frozen with LoRA, as the official code does.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
     /// Train LoRA on the teacher's text tower in the loop (the paper's default; slower) instead of
     /// precomputed text targets.
     #[arg(long)]
@@ -124,6 +128,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         lora: (a.method == Method::Clipit).then(|| LoraConfig::new(a.lora_r, a.lora_alpha)),
         augment: !a.no_augment,
         text_lora: a.text_lora,
+        init_from: a.init_from.as_ref().map(|p| p.canonicalize().map_err(|e| Error::io(p, e))).transpose()?,
         options: TrainOptions {
             epochs: a.epochs,
             batch_size: a.batch_size,

@@ -70,6 +70,10 @@ pub struct RunConfig {
     pub heads: HeadsConfig,
     /// LoRA on the backbone (CLIP-IT only).
     pub lora: Option<LoraConfig>,
+    /// A linear-probe run whose trained h_v starts CLIP-IT's vision branch (frozen, with LoRA), as
+    /// in the official code.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     /// Use the paper's augmentations on training images.
     pub augment: bool,
     /// Train LoRA on the teacher's text tower in the loop (the paper's default) instead of using
@@ -235,10 +239,23 @@ fn build_model(cfg: &RunConfig, device: &Device, text: Option<TextTransformer>) 
     device.seed(cfg.options.seed);
     let backbone = Model::load(&cfg.backbone, device)?;
     let mut vision = backbone.vision.no_grad();
+    let mut heads = cfg.heads.init(device);
     if let (Method::Clipit, Some(lora)) = (cfg.method, &cfg.lora) {
         vision = crate::lora::apply_lora(vision, &backbone.params, lora, cfg.options.seed)?;
+        if let Some(probe) = &cfg.init_from {
+            // The official code's vision branch: the unimodal baseline's trained h_v, frozen,
+            // with a LoRA adapter like every other Linear of the vision model.
+            let (probe_cfg, probe_model, _) = load_run(probe, &device.clone().without_autodiff())?;
+            if probe_cfg.classes != cfg.classes || probe_cfg.backbone != cfg.backbone {
+                return Err(Error::format(probe.display(), "--init-from needs a run on the same backbone and classes"));
+            }
+            let h_v = probe_model.heads.h_v.to_device(device).no_grad();
+            let mut names = crate::weights::ParamNames::default();
+            names.register_linear(&h_v, "head");
+            heads.h_v = crate::lora::apply_lora(h_v, &names, lora, cfg.options.seed)?;
+        }
     }
-    Ok(ClipItModel { backbone: vision, heads: cfg.heads.init(device), text })
+    Ok(ClipItModel { backbone: vision, heads, text })
 }
 
 /// Mean loss and class probabilities over a loader's data (no gradients).
