@@ -72,9 +72,12 @@ fn cpu_device() -> Result<Device> {
 /// The wgpu runtime initialises once per process; later calls reuse its device.
 #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
 fn wgpu_device() -> Result<Device> {
-    static DEVICE: std::sync::OnceLock<std::result::Result<Device, String>> = std::sync::OnceLock::new();
+    static DEVICE: std::sync::OnceLock<std::result::Result<Device, String>> =
+        std::sync::OnceLock::new();
     DEVICE
-        .get_or_init(|| Device::wgpu_options().init().map_err(|e| format!("no usable wgpu adapter: {e}")))
+        .get_or_init(|| {
+            Device::wgpu_options().init().map_err(|e| format!("no usable wgpu adapter: {e}"))
+        })
         .clone()
         .map_err(Error::msg)
 }

@@ -86,7 +86,12 @@ pub fn embed_image_files(
 
 /// Embeds texts in batches; returns row-major `[texts.len(), dim]` features before L2
 /// normalisation.
-pub fn embed_texts<S: AsRef<str>>(model: &Model, texts: &[S], batch: usize, mut progress: impl FnMut(usize)) -> Result<Vec<f32>> {
+pub fn embed_texts<S: AsRef<str>>(
+    model: &Model,
+    texts: &[S],
+    batch: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<f32>> {
     let mut values = Vec::with_capacity(texts.len() * model.embed_dim);
     let mut done = 0;
     for chunk in texts.chunks(batch.max(1)) {

@@ -32,7 +32,13 @@ impl TextTokenizer {
     pub fn clip(context_length: usize, pad_with_end: bool) -> Result<Self> {
         let inner = Tokenizer::from_bytes(CLIP_TOKENIZER_JSON)
             .map_err(|e| Error::format("assets/clip_tokenizer.json", e))?;
-        let mut t = Self::with_specials(inner, "embedded CLIP tokenizer", ["<|startoftext|>", "<|endoftext|>"], None, context_length)?;
+        let mut t = Self::with_specials(
+            inner,
+            "embedded CLIP tokenizer",
+            ["<|startoftext|>", "<|endoftext|>"],
+            None,
+            context_length,
+        )?;
         if !pad_with_end {
             t.pad_id = 0;
         }
@@ -41,12 +47,25 @@ impl TextTokenizer {
 
     /// Loads a `tokenizer.json` from bytes; `name` is used in errors. The start, end and pad
     /// tokens are looked up by the given names (the pad defaults to the end token).
-    pub fn from_json(bytes: &[u8], name: &str, specials: [&str; 2], pad: Option<&str>, context_length: usize) -> Result<Self> {
-        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::format(name, format!("invalid tokenizer: {e}")))?;
+    pub fn from_json(
+        bytes: &[u8],
+        name: &str,
+        specials: [&str; 2],
+        pad: Option<&str>,
+        context_length: usize,
+    ) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::format(name, format!("invalid tokenizer: {e}")))?;
         Self::with_specials(inner, name, specials, pad, context_length)
     }
 
-    fn with_specials(mut inner: Tokenizer, name: &str, [start, end]: [&str; 2], pad: Option<&str>, context_length: usize) -> Result<Self> {
+    fn with_specials(
+        mut inner: Tokenizer,
+        name: &str,
+        [start, end]: [&str; 2],
+        pad: Option<&str>,
+        context_length: usize,
+    ) -> Result<Self> {
         let id = |tok: &str| {
             inner
                 .token_to_id(tok)
@@ -64,14 +83,20 @@ impl TextTokenizer {
             .with_truncation(None)
             .map_err(|e| Error::format(name, format!("cannot reset truncation: {e}")))?;
         if context_length < 4 {
-            return Err(Error::format(name, format!("context length {context_length} is too short")));
+            return Err(Error::format(
+                name,
+                format!("context length {context_length} is too short"),
+            ));
         }
         Ok(Self { inner, context_length, start_id, end_id, pad_id, reserved: 0 })
     }
 
     /// Token ids of one text, without special tokens or truncation.
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::msg(format!("cannot tokenize text: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::msg(format!("cannot tokenize text: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 

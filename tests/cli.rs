@@ -13,7 +13,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn clipit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipit")).args(args).env("XDG_CACHE_HOME", std::env::temp_dir()).output().expect("run clipit")
+    Command::new(env!("CARGO_BIN_EXE_clipit"))
+        .args(args)
+        .env("XDG_CACHE_HOME", std::env::temp_dir())
+        .output()
+        .expect("run clipit")
 }
 
 fn stderr(out: &Output) -> String {
@@ -39,7 +43,10 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn tiles() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("tests/data/tiles")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("tests/data/tiles"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -50,9 +57,22 @@ fn embed_prints_one_json_object_in_argument_order() {
     let t = tiles();
     let (a, b) = (t[0].to_str().unwrap(), t[1].to_str().unwrap());
     let run = |first: &str, second: &str| {
-        let out = clipit(&["embed", "--model", model.to_str().unwrap(), "--image", first, "--image", second, "--text", "tumor", "--text", "normal mucosa"]);
+        let out = clipit(&[
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            first,
+            "--image",
+            second,
+            "--text",
+            "tumor",
+            "--text",
+            "normal mucosa",
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
         let rows = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(json[k].clone()).unwrap() };
         (rows("image_embeds"), rows("text_embeds"))
     };
@@ -76,13 +96,25 @@ fn retrieve_writes_ranked_pseudo_pairs_and_reuses_the_cache() {
     let cache = tmp.path().join("cache");
     let (model, tiles_dir) = (fixture("hf_clip_quickgelu"), root().join("tests/data/tiles"));
     let args = [
-        "retrieve", "--model", model.to_str().unwrap(), "--images", tiles_dir.to_str().unwrap(),
-        "--reports", reports.to_str().unwrap(), "--top-k", "2", "--out", out.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(),
+        "retrieve",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        tiles_dir.to_str().unwrap(),
+        "--reports",
+        reports.to_str().unwrap(),
+        "--top-k",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
     ];
     let first = clipit(&args);
     assert!(first.status.success(), "{}", stderr(&first));
     let text = std::fs::read_to_string(&out).unwrap();
-    let pairs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let pairs: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(pairs.len(), 2 * tiles().len());
     for pair in pairs.chunks(2) {
         assert_eq!(pair[0]["image"], pair[1]["image"]);
@@ -110,8 +142,15 @@ fn zero_shot_scores_an_image_folder() {
     std::fs::write(tmp.path().join("stroma/broken.png"), b"not a png").unwrap();
     let csv = tmp.path().join("pred.csv");
     let out = clipit(&[
-        "zero-shot", "--model", fixture("conch").to_str().unwrap(), "--images", tmp.path().to_str().unwrap(),
-        "--classes", "tumor,stroma", "--out", csv.to_str().unwrap(),
+        "zero-shot",
+        "--model",
+        fixture("conch").to_str().unwrap(),
+        "--images",
+        tmp.path().to_str().unwrap(),
+        "--classes",
+        "tumor,stroma",
+        "--out",
+        csv.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("broken.png"), "the skipped image is listed");
@@ -126,7 +165,11 @@ fn zero_shot_scores_an_image_folder() {
 
 #[test]
 fn info_describes_each_architecture() {
-    for (name, arch) in [("hf_clip_gelu", "Hugging Face CLIPModel"), ("timm_dinov2_reg4", "timm ViT"), ("conch", "CONCH")] {
+    for (name, arch) in [
+        ("hf_clip_gelu", "Hugging Face CLIPModel"),
+        ("timm_dinov2_reg4", "timm ViT"),
+        ("conch", "CONCH"),
+    ] {
         let out = clipit(&["info", "--model", fixture(name).to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -148,12 +191,18 @@ fn bad_safetensors_files_are_named() {
     assert_fails(&clipit(&["info", "--model", model]), &["model.safetensors", "truncated"]);
 
     std::fs::write(&weights, b"").unwrap();
-    assert_fails(&clipit(&["info", "--model", model]), &["model.safetensors", "not a safetensors file"]);
+    assert_fails(
+        &clipit(&["info", "--model", model]),
+        &["model.safetensors", "not a safetensors file"],
+    );
 
     let mut garbage = bytes.clone();
     garbage[8..40].copy_from_slice(&[b'#'; 32]);
     std::fs::write(&weights, &garbage).unwrap();
-    assert_fails(&clipit(&["info", "--model", model]), &["model.safetensors", "invalid safetensors header"]);
+    assert_fails(
+        &clipit(&["info", "--model", model]),
+        &["model.safetensors", "invalid safetensors header"],
+    );
 
     std::fs::remove_file(&weights).unwrap();
     assert_fails(&clipit(&["info", "--model", model]), &["no weights file"]);
@@ -165,7 +214,8 @@ fn shape_mismatch_names_the_tensor_and_both_shapes() {
     let dir = tmp.path().join("model");
     copy_dir(&fixture("hf_clip_quickgelu"), &dir);
     let cfg_path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     cfg["text_config"]["intermediate_size"] = 24.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let out = clipit(&["info", "--model", dir.to_str().unwrap()]);
@@ -179,7 +229,10 @@ fn unknown_architecture_lists_the_supported_ones() {
     let out = clipit(&["info", "--model", tmp.path().to_str().unwrap()]);
     assert_fails(&out, &["unknown architecture", "bert", "open_clip", "timm ViT", "CONCH"]);
     std::fs::write(tmp.path().join("config.json"), r#"{"architecture": "resnet50"}"#).unwrap();
-    assert_fails(&clipit(&["info", "--model", tmp.path().to_str().unwrap()]), &["unknown timm architecture 'resnet50'"]);
+    assert_fails(
+        &clipit(&["info", "--model", tmp.path().to_str().unwrap()]),
+        &["unknown timm architecture 'resnet50'"],
+    );
 }
 
 #[test]
@@ -188,7 +241,8 @@ fn unreadable_image_and_bad_corpus_are_clear_errors() {
     let model = fixture("open_clip");
     let bad = tmp.path().join("broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\n garbage").unwrap();
-    let out = clipit(&["embed", "--model", model.to_str().unwrap(), "--image", bad.to_str().unwrap()]);
+    let out =
+        clipit(&["embed", "--model", model.to_str().unwrap(), "--image", bad.to_str().unwrap()]);
     assert_fails(&out, &["broken.png"]);
 
     let empty = tmp.path().join("empty.txt");
@@ -196,7 +250,18 @@ fn unreadable_image_and_bad_corpus_are_clear_errors() {
     let pairs = tmp.path().join("pairs.jsonl");
     let tiles = root().join("tests/data/tiles");
     let retrieve = |reports: &Path| {
-        clipit(&["retrieve", "--model", model.to_str().unwrap(), "--images", tiles.to_str().unwrap(), "--reports", reports.to_str().unwrap(), "--out", pairs.to_str().unwrap(), "--no-cache"])
+        clipit(&[
+            "retrieve",
+            "--model",
+            model.to_str().unwrap(),
+            "--images",
+            tiles.to_str().unwrap(),
+            "--reports",
+            reports.to_str().unwrap(),
+            "--out",
+            pairs.to_str().unwrap(),
+            "--no-cache",
+        ])
     };
     assert_fails(&retrieve(&empty), &["empty.txt", "empty"]);
     let latin1 = tmp.path().join("latin1.txt");
@@ -209,10 +274,18 @@ fn unreadable_image_and_bad_corpus_are_clear_errors() {
 fn convert_then_load_round_trips() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("w.safetensors");
-    let run = clipit(&["convert", root().join("tests/fixtures/pickle/tiny.bin").to_str().unwrap(), out.to_str().unwrap()]);
+    let run = clipit(&[
+        "convert",
+        root().join("tests/fixtures/pickle/tiny.bin").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(std::fs::metadata(&out).unwrap().len() > 0);
-    let evil = clipit(&["convert", root().join("tests/fixtures/pickle/evil.bin").to_str().unwrap(), tmp.path().join("e.safetensors").to_str().unwrap()]);
+    let evil = clipit(&[
+        "convert",
+        root().join("tests/fixtures/pickle/evil.bin").to_str().unwrap(),
+        tmp.path().join("e.safetensors").to_str().unwrap(),
+    ]);
     assert_fails(&evil, &["evil.bin"]);
     assert!(!tmp.path().join("e.safetensors").exists());
 }

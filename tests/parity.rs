@@ -27,7 +27,10 @@ struct Expected {
 impl Expected {
     fn load(dir: &Path) -> Self {
         let bytes = std::fs::read(dir.join("expected.safetensors")).expect("expected.safetensors");
-        let json = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("expected.json")).expect("json");
+        let json = serde_json::from_slice(
+            &std::fs::read(dir.join("expected.json")).expect("expected.json"),
+        )
+        .expect("json");
         Self { bytes, json }
     }
 
@@ -39,7 +42,8 @@ impl Expected {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
         assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let v =
+            t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
         (v, t.shape().to_vec())
     }
 
@@ -47,7 +51,11 @@ impl Expected {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let t = st.tensor(name).unwrap();
         let cols = t.shape()[1];
-        let v: Vec<u32> = t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect();
+        let v: Vec<u32> = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect();
         v.chunks(cols).map(<[u32]>::to_vec).collect()
     }
 }
@@ -81,7 +89,12 @@ fn check_fixture(name: &str, device: &Device, tol: f32) {
     assert!(err <= tol, "{name}: image embeddings differ: rel err {err:e} > {tol:e}");
 
     // The whole path from image files, including our preprocessing.
-    let images: Vec<PathBuf> = exp.json["images"].as_array().unwrap().iter().map(|p| root().join(p.as_str().unwrap())).collect();
+    let images: Vec<PathBuf> = exp.json["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| root().join(p.as_str().unwrap()))
+        .collect();
     let from_files = embed_image_files(&model, &images, 4, false, |_| {}).unwrap();
     for (i, (row, reference)) in from_files.rows().zip(want.chunks(model.embed_dim)).enumerate() {
         let c = cosine(row, reference);
@@ -89,11 +102,19 @@ fn check_fixture(name: &str, device: &Device, tol: f32) {
     }
 
     if !exp.has("text_embeds") {
-        assert!(model.text.is_none(), "{name}: the model has a text tower the fixture does not test");
+        assert!(
+            model.text.is_none(),
+            "{name}: the model has a text tower the fixture does not test"
+        );
         return;
     }
     // Tokenizer: ids identical to the reference's.
-    let texts: Vec<String> = exp.json["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = exp.json["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
     let want_ids = exp.ids("input_ids");
     let got_ids = model.tokenize(&texts).unwrap();
     assert_eq!(got_ids, want_ids, "{name}: token ids differ");
@@ -117,10 +138,13 @@ fn check_fixture(name: &str, device: &Device, tol: f32) {
     let ranking = exp.json["retrieval"].as_array().unwrap();
     let scores = exp.json["scores"].as_array().unwrap();
     for (i, (hit, want)) in hits.iter().zip(ranking).enumerate() {
-        let want: Vec<usize> = want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        let s: Vec<f64> = scores[i].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want: Vec<usize> =
+            want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let s: Vec<f64> =
+            scores[i].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         for r in 0..want.len() {
-            let clear = (r == 0 || s[r - 1] - s[r] > 1e-3) && (r + 1 == s.len() || s[r] - s[r + 1] > 1e-3);
+            let clear =
+                (r == 0 || s[r - 1] - s[r] > 1e-3) && (r + 1 == s.len() || s[r] - s[r + 1] > 1e-3);
             if clear {
                 assert_eq!(hit[r].0, want[r], "{name}: image {i} rank {r}");
                 assert!((hit[r].1 as f64 - s[r]).abs() < 1e-3, "{name}: image {i} rank {r} score");
@@ -132,7 +156,9 @@ fn check_fixture(name: &str, device: &Device, tol: f32) {
 fn wgpu_device() -> Option<Device> {
     match Backend::Wgpu.device() {
         Ok(d) => Some(d),
-        Err(e) if std::env::var("CLIPIT_REQUIRE_WGPU").as_deref() == Ok("1") => panic!("wgpu required: {e}"),
+        Err(e) if std::env::var("CLIPIT_REQUIRE_WGPU").as_deref() == Ok("1") => {
+            panic!("wgpu required: {e}")
+        }
         Err(e) => {
             eprintln!("skipping wgpu parity: {e}");
             None

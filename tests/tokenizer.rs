@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use clipit::tokenizer::TextTokenizer;
 
 fn fixture(name: &str) -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer").join(name);
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer").join(name);
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -45,7 +46,14 @@ fn conch_ids_match_conch_tokenize() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let json = std::fs::read(root.join(f["tokenizer"].as_str().unwrap())).unwrap();
     let ctx = f["context_length"].as_u64().unwrap() as usize;
-    let mut tok = TextTokenizer::from_json(&json, "conch tokenizer", ["<start_of_text>", "<end_of_text>"], Some("<pad>"), ctx).unwrap();
+    let mut tok = TextTokenizer::from_json(
+        &json,
+        "conch tokenizer",
+        ["<start_of_text>", "<end_of_text>"],
+        Some("<pad>"),
+        ctx,
+    )
+    .unwrap();
     tok.reserved = 1;
     assert_eq!((tok.start_id, tok.end_id, tok.pad_id), (1, 2, 0));
     assert_eq!(tok.encode_batch(&texts(&f)).unwrap(), ids(&f["ids"]));
@@ -56,10 +64,22 @@ fn missing_special_token_is_a_clear_error() {
     let f = fixture("conch.json");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let json = std::fs::read(root.join(f["tokenizer"].as_str().unwrap())).unwrap();
-    let err = TextTokenizer::from_json(&json, "my/tokenizer.json", ["<|startoftext|>", "<end_of_text>"], None, 16)
+    let err = TextTokenizer::from_json(
+        &json,
+        "my/tokenizer.json",
+        ["<|startoftext|>", "<end_of_text>"],
+        None,
+        16,
+    )
+    .err()
+    .expect("no such token");
+    assert!(
+        err.to_string().contains("my/tokenizer.json")
+            && err.to_string().contains("<|startoftext|>"),
+        "{err}"
+    );
+    let err = TextTokenizer::from_json(b"{not json", "bad.json", ["a", "b"], None, 16)
         .err()
-        .expect("no such token");
-    assert!(err.to_string().contains("my/tokenizer.json") && err.to_string().contains("<|startoftext|>"), "{err}");
-    let err = TextTokenizer::from_json(b"{not json", "bad.json", ["a", "b"], None, 16).err().expect("invalid");
+        .expect("invalid");
     assert!(err.to_string().contains("bad.json"), "{err}");
 }

@@ -10,7 +10,11 @@ fn root() -> PathBuf {
 }
 
 fn clipit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipit")).args(args).env("XDG_CACHE_HOME", std::env::temp_dir()).output().expect("run clipit")
+    Command::new(env!("CARGO_BIN_EXE_clipit"))
+        .args(args)
+        .env("XDG_CACHE_HOME", std::env::temp_dir())
+        .output()
+        .expect("run clipit")
 }
 
 fn ok(out: Output) -> Output {
@@ -28,7 +32,8 @@ fn lung_subset(dir: &Path, per_class: usize) -> Option<PathBuf> {
     let data = dir.join("lung");
     for class in ["lung_aca", "lung_n", "lung_scc"] {
         std::fs::create_dir_all(data.join(class)).unwrap();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(src.join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(src.join(class)).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         for f in files.iter().take(per_class) {
             std::fs::copy(f, data.join(class).join(f.file_name().unwrap())).unwrap();
@@ -43,9 +48,26 @@ fn report(out: &Output) -> serde_json::Value {
 
 fn train_args<'a>(method: &'a str, data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
-        "train", "--method", method, "--backbone", "tests/fixtures/timm_vit_small", "--teacher", "tests/fixtures/conch",
-        "--reports", "data/reports/demo_reports.jsonl", "--data", data, "--out", out, "--batch-size", "16", "--seed", "1",
-        "--val-fraction", "0.3", "--no-augment",
+        "train",
+        "--method",
+        method,
+        "--backbone",
+        "tests/fixtures/timm_vit_small",
+        "--teacher",
+        "tests/fixtures/conch",
+        "--reports",
+        "data/reports/demo_reports.jsonl",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--batch-size",
+        "16",
+        "--seed",
+        "1",
+        "--val-fraction",
+        "0.3",
+        "--no-augment",
     ];
     if !extra.contains(&"--lr") {
         v.extend(["--lr", "1e-2"]);
@@ -65,8 +87,19 @@ fn clipit_and_linear_probe_learn_on_real_tiles() {
         let bacc = report(&out)["balanced_accuracy"].as_f64().unwrap();
         // Three classes: chance is 1/3. (LC25000 is separable by colour, which the paper's colour
         // jitter would hide from such tiny models, hence --no-augment.)
-        assert!(bacc > 0.6, "{method}: validation balanced accuracy {bacc} is not clearly above chance");
-        for f in ["run.json", "best.bpk", "last.bpk", "optimizer.bpk", "metrics.jsonl", "report.json", "curves.svg"] {
+        assert!(
+            bacc > 0.6,
+            "{method}: validation balanced accuracy {bacc} is not clearly above chance"
+        );
+        for f in [
+            "run.json",
+            "best.bpk",
+            "last.bpk",
+            "optimizer.bpk",
+            "metrics.jsonl",
+            "report.json",
+            "curves.svg",
+        ] {
             assert!(run.join(f).is_file(), "{method}: {f} missing from the run folder");
         }
         let eval = ok(clipit(&["eval", "--run", run.to_str().unwrap(), "--data", data, "--json"]));
@@ -75,7 +108,15 @@ fn clipit_and_linear_probe_learn_on_real_tiles() {
             assert!(!json[key].is_null(), "eval --json lacks {key}");
         }
         let csv = tmp.path().join(format!("{method}.csv"));
-        ok(clipit(&["classify", "--run", run.to_str().unwrap(), "--images", data, "--out", csv.to_str().unwrap()]));
+        ok(clipit(&[
+            "classify",
+            "--run",
+            run.to_str().unwrap(),
+            "--images",
+            data,
+            "--out",
+            csv.to_str().unwrap(),
+        ]));
         assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 91);
     }
 }
@@ -106,7 +147,11 @@ fn resume_continues_where_the_run_stopped() {
     let (a, b) = (losses(&full), losses(&split));
     assert_eq!(a.len(), b.len(), "same number of steps");
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "step {}: loss {x} vs resumed {y}", i + 1);
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+            "step {}: loss {x} vs resumed {y}",
+            i + 1
+        );
     }
 }
 
@@ -119,7 +164,12 @@ fn one_class_dataset_is_a_clear_error() {
         let f = f.unwrap().path();
         std::fs::copy(&f, data.join("tumor").join(f.file_name().unwrap())).unwrap();
     }
-    let out = clipit(&train_args("linear-probe", data.to_str().unwrap(), tmp.path().join("run").to_str().unwrap(), &[]));
+    let out = clipit(&train_args(
+        "linear-probe",
+        data.to_str().unwrap(),
+        tmp.path().join("run").to_str().unwrap(),
+        &[],
+    ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && !err.contains("panicked"), "{err}");
     assert!(err.contains("two classes"), "{err}");
@@ -146,21 +196,35 @@ fn manifest_with_groups_and_given_pairs() {
     std::fs::write(&manifest, csv).unwrap();
     let pairs = tmp.path().join("pairs.jsonl");
     ok(clipit(&[
-        "retrieve", "--model", "tests/fixtures/conch", "--images", data.to_str().unwrap(), "--reports",
-        "data/reports/demo_reports.jsonl", "--out", pairs.to_str().unwrap(), "--no-cache",
+        "retrieve",
+        "--model",
+        "tests/fixtures/conch",
+        "--images",
+        data.to_str().unwrap(),
+        "--reports",
+        "data/reports/demo_reports.jsonl",
+        "--out",
+        pairs.to_str().unwrap(),
+        "--no-cache",
     ]));
     let run = tmp.path().join("run");
     let args = |pairs: &Path| {
-        let mut v: Vec<String> = train_args("clipit", manifest.to_str().unwrap(), run.to_str().unwrap(), &["--epochs", "1"])
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let mut v: Vec<String> = train_args(
+            "clipit",
+            manifest.to_str().unwrap(),
+            run.to_str().unwrap(),
+            &["--epochs", "1"],
+        )
+        .into_iter()
+        .map(String::from)
+        .collect();
         v.extend(["--pairs".to_string(), pairs.to_str().unwrap().to_string()]);
         v
     };
     let argv = args(&pairs);
     ok(clipit(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
     assert!(cfg["pairs"].as_str().unwrap().ends_with("pairs.jsonl"));
 
     // A pairs file that misses images is a clear error.
@@ -188,7 +252,8 @@ fn diverging_loss_stops_and_keeps_the_last_checkpoint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && !err.contains("panicked"), "{err}");
     assert!(err.contains("training stopped") && err.contains("at step"), "{err}");
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
     assert!(state["step"].as_u64().unwrap() >= 1, "a checkpoint from before the failure is kept");
     assert!(run.join("last.bpk").is_file());
 }
@@ -208,15 +273,33 @@ fn text_lora_mode_trains_the_teacher_text_tower_and_evaluates() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(data) = lung_subset(tmp.path(), 8) else { return };
     let run = tmp.path().join("run");
-    ok(clipit(&train_args("clipit", data.to_str().unwrap(), run.to_str().unwrap(), &["--epochs", "1", "--text-lora"])));
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    ok(clipit(&train_args(
+        "clipit",
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        &["--epochs", "1", "--text-lora"],
+    )));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(cfg["text_lora"], true);
     // The checkpoint holds the text tower's LoRA factors beside the backbone's and the heads.
     let size = |f: &str| std::fs::metadata(run.join(f)).unwrap().len();
     let precomputed = tmp.path().join("pre");
-    ok(clipit(&train_args("clipit", data.to_str().unwrap(), precomputed.to_str().unwrap(), &["--epochs", "1"])));
+    ok(clipit(&train_args(
+        "clipit",
+        data.to_str().unwrap(),
+        precomputed.to_str().unwrap(),
+        &["--epochs", "1"],
+    )));
     assert!(size("last.bpk") > std::fs::metadata(precomputed.join("last.bpk")).unwrap().len());
-    ok(clipit(&["eval", "--run", run.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"]));
+    ok(clipit(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]));
 }
 
 #[test]
@@ -227,7 +310,12 @@ fn clipit_vision_branch_can_start_from_the_linear_probe() {
     let probe = tmp.path().join("probe");
     ok(clipit(&train_args("linear-probe", data, probe.to_str().unwrap(), &["--epochs", "2"])));
     let run = tmp.path().join("clipit");
-    let out = ok(clipit(&train_args("clipit", data, run.to_str().unwrap(), &["--epochs", "1", "--init-from", probe.to_str().unwrap()])));
+    let out = ok(clipit(&train_args(
+        "clipit",
+        data,
+        run.to_str().unwrap(),
+        &["--epochs", "1", "--init-from", probe.to_str().unwrap()],
+    )));
     assert!(report(&out)["balanced_accuracy"].as_f64().is_some());
     ok(clipit(&["eval", "--run", run.to_str().unwrap(), "--data", data, "--json"]));
     // A probe trained on other classes is refused.
@@ -241,7 +329,12 @@ fn clipit_vision_branch_can_start_from_the_linear_probe() {
             std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
         }
     }
-    let bad = clipit(&train_args("clipit", other.to_str().unwrap(), tmp.path().join("bad").to_str().unwrap(), &["--init-from", probe.to_str().unwrap()]));
+    let bad = clipit(&train_args(
+        "clipit",
+        other.to_str().unwrap(),
+        tmp.path().join("bad").to_str().unwrap(),
+        &["--init-from", probe.to_str().unwrap()],
+    ));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("--init-from"), "{err}");
 }

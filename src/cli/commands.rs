@@ -7,8 +7,12 @@ use clipit::data::{list_images, ImageFolder};
 use clipit::embed::{embed_image_files, embed_texts, ImageEmbeddings};
 use clipit::metrics::{argmax_rows, ConfusionMatrix, Report};
 use clipit::model::Model;
-use clipit::retrieval::{cache_path, matrix_from_host, pseudo_pairs, top_k, write_pairs_jsonl, Corpus, EmbeddingCache};
-use clipit::zeroshot::{class_embeddings, default_templates, prompts, read_templates, zero_shot_probs};
+use clipit::retrieval::{
+    cache_path, matrix_from_host, pseudo_pairs, top_k, write_pairs_jsonl, Corpus, EmbeddingCache,
+};
+use clipit::zeroshot::{
+    class_embeddings, default_templates, prompts, read_templates, zero_shot_probs,
+};
 use clipit::{fsutil, retrieval, Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -81,7 +85,12 @@ pub fn embed(args: &ModelArgs, images: &[PathBuf], texts: &[String]) -> Result<(
 }
 
 /// Corpus embeddings, from the cache when it holds this corpus for this model.
-fn corpus_embeddings(model: &Model, corpus: &Corpus, batch: usize, cache_dir: Option<&Path>) -> Result<Vec<f32>> {
+fn corpus_embeddings(
+    model: &Model,
+    corpus: &Corpus,
+    batch: usize,
+    cache_dir: Option<&Path>,
+) -> Result<Vec<f32>> {
     let key = corpus.hash(&model_identity(model)?);
     let path = cache_dir.map(|d| cache_path(d, &key));
     if let Some(path) = &path {
@@ -116,7 +125,8 @@ fn model_identity(model: &Model) -> Result<String> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".safetensors") {
             if let Ok(meta) = entry.metadata() {
-                let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                let modified =
+                    meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
                 id.push_str(&format!("|{name}:{}:{:?}", meta.len(), modified));
             }
         }
@@ -125,7 +135,14 @@ fn model_identity(model: &Model) -> Result<String> {
 }
 
 /// `clipit retrieve`: top-k reports per image, written as JSONL pseudo-pairs.
-pub fn retrieve(args: &ModelArgs, images: &Path, reports: &Path, k: usize, out: &Path, cache_dir: Option<&Path>) -> Result<()> {
+pub fn retrieve(
+    args: &ModelArgs,
+    images: &Path,
+    reports: &Path,
+    k: usize,
+    out: &Path,
+    cache_dir: Option<&Path>,
+) -> Result<()> {
     if k == 0 {
         return Err(Error::msg("--top-k must be at least 1"));
     }
@@ -150,7 +167,10 @@ pub fn retrieve(args: &ModelArgs, images: &Path, reports: &Path, k: usize, out: 
 }
 
 /// Labels for a zero-shot run: the sub-folder of each image, when every sub-folder names a class.
-fn labelled_images(images: &Path, classes: &[String]) -> Result<(Vec<PathBuf>, Option<Vec<usize>>)> {
+fn labelled_images(
+    images: &Path,
+    classes: &[String],
+) -> Result<(Vec<PathBuf>, Option<Vec<usize>>)> {
     if let Ok(folder) = ImageFolder::scan(images) {
         folder.notes.iter().for_each(|n| eprintln!("note: {n}"));
         let index: Option<Vec<usize>> = folder
@@ -162,14 +182,24 @@ fn labelled_images(images: &Path, classes: &[String]) -> Result<(Vec<PathBuf>, O
             let (paths, labels) = folder.items.into_iter().map(|(p, c)| (p, index[c])).unzip();
             return Ok((paths, Some(labels)));
         }
-        eprintln!("sub-folders {:?} do not all match --classes: no labels, predictions only", folder.classes);
+        eprintln!(
+            "sub-folders {:?} do not all match --classes: no labels, predictions only",
+            folder.classes
+        );
     }
     Ok((list_images(images)?, None))
 }
 
 /// `clipit zero-shot`: class probabilities per image, and metrics when labels are known.
-pub fn zero_shot(args: &ModelArgs, images: &Path, classes: &[String], templates: Option<&Path>, out: Option<&Path>) -> Result<()> {
-    let classes: Vec<String> = classes.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+pub fn zero_shot(
+    args: &ModelArgs,
+    images: &Path,
+    classes: &[String],
+    templates: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<()> {
+    let classes: Vec<String> =
+        classes.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
     if classes.len() < 2 {
         return Err(Error::msg("--classes needs at least two class names"));
     }
@@ -180,7 +210,10 @@ pub fn zero_shot(args: &ModelArgs, images: &Path, classes: &[String], templates:
     let (paths, labels) = labelled_images(images, &classes)?;
     let model = load(args)?;
     if !model.has_text() {
-        return Err(Error::msg(format!("{}: zero-shot needs a model with a text encoder", model.name)));
+        return Err(Error::msg(format!(
+            "{}: zero-shot needs a model with a text encoder",
+            model.name
+        )));
     }
     let device = model.vision.pos_embed.val().device();
     let per_class = prompts(&classes, &templates)
@@ -189,16 +222,28 @@ pub fn zero_shot(args: &ModelArgs, images: &Path, classes: &[String], templates:
         .collect::<Result<Vec<_>>>()?;
     let class_embeds = class_embeddings(per_class)?;
     let embedded = embed_folder(&model, &paths, args.batch)?;
-    let probs = zero_shot_probs(matrix_from_host(&embedded.values, embedded.dim, &device)?, class_embeds, model.logit_scale)?;
+    let probs = zero_shot_probs(
+        matrix_from_host(&embedded.values, embedded.dim, &device)?,
+        class_embeds,
+        model.logit_scale,
+    )?;
     let (values, [n, c]) = retrieval::matrix_to_host(probs)?;
     let probs: Vec<Vec<f32>> = values.chunks(c).map(<[f32]>::to_vec).collect();
     let preds = argmax_rows(&probs);
 
     if let Some(out) = out {
-        let mut csv = format!("image,prediction,{}\n", classes.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+        let mut csv = format!(
+            "image,prediction,{}\n",
+            classes.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",")
+        );
         for ((path, pred), row) in embedded.paths.iter().zip(&preds).zip(&probs) {
             let cells: Vec<String> = row.iter().map(|p| format!("{p:.6}")).collect();
-            csv.push_str(&format!("{},{},{}\n", csv_field(&path.display().to_string()), csv_field(&classes[*pred]), cells.join(",")));
+            csv.push_str(&format!(
+                "{},{},{}\n",
+                csv_field(&path.display().to_string()),
+                csv_field(&classes[*pred]),
+                cells.join(",")
+            ));
         }
         fsutil::write_atomic(out, csv.as_bytes())?;
         eprintln!("wrote predictions for {n} images to {}", out.display());
@@ -210,10 +255,14 @@ pub fn zero_shot(args: &ModelArgs, images: &Path, classes: &[String], templates:
     let mut result = serde_json::json!({ "images": n, "predicted_counts": summary });
     if let Some(labels) = labels {
         // Keep the labels of the images that were read.
-        let by_path: std::collections::HashMap<&PathBuf, usize> = paths.iter().zip(labels.iter().copied()).collect();
+        let by_path: std::collections::HashMap<&PathBuf, usize> =
+            paths.iter().zip(labels.iter().copied()).collect();
         let labels: Vec<usize> = embedded.paths.iter().map(|p| by_path[p]).collect();
         let report = Report::from_probs(&probs, &labels, &classes)?;
-        eprintln!("{}", ConfusionMatrix::from_predictions(&labels, &preds, classes.len())?.to_text(&classes));
+        eprintln!(
+            "{}",
+            ConfusionMatrix::from_predictions(&labels, &preds, classes.len())?.to_text(&classes)
+        );
         result["report"] = serde_json::to_value(&report).map_err(|e| Error::msg(e.to_string()))?;
     }
     println!("{}", serde_json::to_string_pretty(&result).map_err(|e| Error::msg(e.to_string()))?);

@@ -130,7 +130,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Embed { model, images, texts } => commands::embed(&model, &images, &texts),
         Command::Retrieve { model, images, reports, top_k, out, cache_dir, no_cache } => {
-            let cache = if no_cache { None } else { Some(cache_dir.unwrap_or_else(default_cache_dir)) };
+            let cache =
+                if no_cache { None } else { Some(cache_dir.unwrap_or_else(default_cache_dir)) };
             commands::retrieve(&model, &images, &reports, top_k, &out, cache.as_deref())
         }
         Command::ZeroShot { model, images, classes, templates, out } => {

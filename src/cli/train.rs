@@ -10,7 +10,9 @@ use clipit::metrics::Report;
 use clipit::model::Model;
 use clipit::train::checkpoint::RunDir;
 use clipit::train::heads::HeadsConfig;
-use clipit::train::run::{data_classes, load_run, predict, train as run_training, Method, RunConfig, TrainInputs};
+use clipit::train::run::{
+    data_classes, load_run, predict, train as run_training, Method, RunConfig, TrainInputs,
+};
 use clipit::train::trainer::TrainOptions;
 use clipit::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -112,23 +114,46 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let backbone = Model::load(&a.backbone, &plain)?;
     let text_dim = match (&a.method, &a.teacher) {
         (Method::Clipit, Some(t)) => Model::load(t, &plain)?.embed_dim,
-        (Method::Clipit, None) => return Err(Error::msg("--method clipit needs --teacher DIR and --reports FILE")),
+        (Method::Clipit, None) => {
+            return Err(Error::msg("--method clipit needs --teacher DIR and --reports FILE"))
+        }
         _ => backbone.embed_dim,
     };
     let cfg = RunConfig {
         method: a.method,
         backbone: a.backbone.canonicalize().map_err(|e| Error::io(&a.backbone, e))?,
-        teacher: a.teacher.as_ref().map(|t| t.canonicalize().map_err(|e| Error::io(t, e))).transpose()?,
-        reports: a.reports.as_ref().map(|r| r.canonicalize().map_err(|e| Error::io(r, e))).transpose()?,
+        teacher: a
+            .teacher
+            .as_ref()
+            .map(|t| t.canonicalize().map_err(|e| Error::io(t, e)))
+            .transpose()?,
+        reports: a
+            .reports
+            .as_ref()
+            .map(|r| r.canonicalize().map_err(|e| Error::io(r, e)))
+            .transpose()?,
         data: a.data.canonicalize().map_err(|e| Error::io(&a.data, e))?,
-        pairs: a.pairs.as_ref().map(|p| p.canonicalize().map_err(|e| Error::io(p, e))).transpose()?,
+        pairs: a
+            .pairs
+            .as_ref()
+            .map(|p| p.canonicalize().map_err(|e| Error::io(p, e)))
+            .transpose()?,
         classes: classes.clone(),
         val_fraction: a.val_fraction,
-        heads: HeadsConfig { feature_dim: backbone.embed_dim, text_dim, num_classes: classes.len(), kd_layers: a.kd_layers },
+        heads: HeadsConfig {
+            feature_dim: backbone.embed_dim,
+            text_dim,
+            num_classes: classes.len(),
+            kd_layers: a.kd_layers,
+        },
         lora: (a.method == Method::Clipit).then(|| LoraConfig::new(a.lora_r, a.lora_alpha)),
         augment: !a.no_augment,
         text_lora: a.text_lora,
-        init_from: a.init_from.as_ref().map(|p| p.canonicalize().map_err(|e| Error::io(p, e))).transpose()?,
+        init_from: a
+            .init_from
+            .as_ref()
+            .map(|p| p.canonicalize().map_err(|e| Error::io(p, e)))
+            .transpose()?,
         options: TrainOptions {
             epochs: a.epochs,
             batch_size: a.batch_size,
@@ -146,27 +171,32 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     drop(backbone);
     let run = RunDir::create(&a.out)?;
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps ({eta})").expect("template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps ({eta})")
+            .expect("template")
+            .progress_chars("=> "),
+    );
     let mut on_step = |log: &clipit::train::trainer::StepLog, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(log.step as u64);
         bar.set_message(format!("loss {:.4}", log.loss));
     };
-    let summary = run_training(&cfg, &run, TrainInputs { on_step: &mut on_step, resume: a.resume })?;
+    let summary =
+        run_training(&cfg, &run, TrainInputs { on_step: &mut on_step, resume: a.resume })?;
     bar.finish_and_clear();
     eprintln!(
         "trained {} steps ({:.1} images/s); best step {:?}; validation balanced accuracy {:.4}",
-        summary.steps,
-        summary.images_per_sec,
-        summary.best_step,
-        summary.report.balanced_accuracy
+        summary.steps, summary.images_per_sec, summary.best_step, summary.report.balanced_accuracy
     );
     eprintln!("run folder: {}", run.root.display());
     println!("{}", summary.report.to_json());
     Ok(())
 }
 
-fn classify_paths(run: &Path, paths: &[PathBuf]) -> Result<(Vec<String>, Vec<PathBuf>, Vec<Vec<f32>>)> {
+fn classify_paths(
+    run: &Path,
+    paths: &[PathBuf],
+) -> Result<(Vec<String>, Vec<PathBuf>, Vec<Vec<f32>>)> {
     let device = Backend::Cpu.device()?;
     let (cfg, model, preprocess) = load_run(run, &device)?;
     let (mut kept, mut probs) = (Vec::new(), Vec::new());
@@ -197,9 +227,20 @@ pub fn eval(run: &Path, data: &Path, json: bool) -> Result<()> {
     let index: Vec<usize> = folder
         .classes
         .iter()
-        .map(|c| classes.iter().position(|k| k == c).ok_or_else(|| Error::format(data.display(), format!("class '{c}' is not one the run was trained on ({})", classes.join(", ")))))
+        .map(|c| {
+            classes.iter().position(|k| k == c).ok_or_else(|| {
+                Error::format(
+                    data.display(),
+                    format!(
+                        "class '{c}' is not one the run was trained on ({})",
+                        classes.join(", ")
+                    ),
+                )
+            })
+        })
         .collect::<Result<_>>()?;
-    let label_of: std::collections::HashMap<&PathBuf, usize> = folder.items.iter().map(|(p, c)| (p, index[*c])).collect();
+    let label_of: std::collections::HashMap<&PathBuf, usize> =
+        folder.items.iter().map(|(p, c)| (p, index[*c])).collect();
     let labels: Vec<usize> = kept.iter().map(|p| label_of[p]).collect();
     let report = Report::from_probs(&probs, &labels, &classes)?;
     if json {
@@ -221,11 +262,19 @@ pub fn eval(run: &Path, data: &Path, json: bool) -> Result<()> {
 pub fn classify(run: &Path, images: &Path, out: &Path) -> Result<()> {
     let paths = list_images(images)?;
     let (classes, kept, probs) = classify_paths(run, &paths)?;
-    let mut csv = format!("image,prediction,{}\n", classes.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+    let mut csv = format!(
+        "image,prediction,{}\n",
+        classes.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",")
+    );
     for (p, row) in kept.iter().zip(&probs) {
         let best = clipit::metrics::argmax_rows(std::slice::from_ref(row))[0];
         let cells: Vec<String> = row.iter().map(|v| format!("{v:.6}")).collect();
-        csv.push_str(&format!("{},{},{}\n", csv_field(&p.display().to_string()), csv_field(&classes[best]), cells.join(",")));
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            csv_field(&p.display().to_string()),
+            csv_field(&classes[best]),
+            cells.join(",")
+        ));
     }
     clipit::fsutil::write_atomic(out, csv.as_bytes())?;
     eprintln!("wrote predictions for {} images to {}", kept.len(), out.display());

@@ -439,4 +439,3 @@ pub(super) fn select_state_dict(top: &Value, file_len: u64) -> Result<StateDict,
     }
     Ok(StateDict { tensors, skipped })
 }
-

@@ -106,11 +106,17 @@ pub struct ConchConfig {
 }
 
 /// Loads a CONCH folder.
-pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::tensor::Device) -> Result<Model> {
-    let cfg_name = if files.has("conch_config.json") { "conch_config.json" } else { "open_clip_config.json" };
+pub fn load(
+    files: &ModelFiles,
+    source: Option<WeightSource>,
+    device: &burn::tensor::Device,
+) -> Result<Model> {
+    let cfg_name =
+        if files.has("conch_config.json") { "conch_config.json" } else { "open_clip_config.json" };
     let file = files.path_of(cfg_name);
     let json = files.json(cfg_name)?;
-    let cfg: ConchConfig = parse_config(json.get("model_cfg").cloned().unwrap_or(json.clone()), &file)?;
+    let cfg: ConchConfig =
+        parse_config(json.get("model_cfg").cloned().unwrap_or(json.clone()), &file)?;
     let (v, t, e) = (&cfg.vision_cfg, &cfg.text_cfg, cfg.embed_dim);
     if !v.attentional_pool_contrast || !t.embed_cls {
         return Err(Error::format(&file, "only CONCH's layout is supported: attentional_pool_contrast and embed_cls must be true"));
@@ -123,7 +129,9 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     }
     let source = match source {
         Some(s) => s,
-        None => WeightSource::Checkpoint(files.weights(&["model.safetensors", "pytorch_model.safetensors"])?),
+        None => WeightSource::Checkpoint(
+            files.weights(&["model.safetensors", "pytorch_model.safetensors"])?,
+        ),
     };
     let l = Loader::new(source, device);
     let trunk_args = VitArgs {
@@ -139,7 +147,14 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     // CONCH's code never passes `attn_pooler_heads` to its pooler, so the default of 8 heads is
     // what the released model runs, whatever the config says.
     const POOLER_HEADS: usize = 8;
-    vision.attn_pool = Some(AttentionalPooler::load(&l, "visual.attn_pool_contrast", e, v.width, POOLER_HEADS, v.n_queries_contrast)?);
+    vision.attn_pool = Some(AttentionalPooler::load(
+        &l,
+        "visual.attn_pool_contrast",
+        e,
+        v.width,
+        POOLER_HEADS,
+        v.n_queries_contrast,
+    )?);
     vision.norm_pooled = Some(l.layer_norm("visual.ln_contrast", e, 1e-5)?);
     vision.proj = Some(l.projection("visual.proj_contrast", e, e)?);
 
@@ -154,7 +169,11 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     };
     let text = TextTransformer {
         token_embedding: l.embedding("text.token_embedding", t.vocab_size, t.width)?,
-        pos_embed: l.param("text.positional_embedding", [t.context_length, t.width], ParamKind::Parameter)?,
+        pos_embed: l.param(
+            "text.positional_embedding",
+            [t.context_length, t.width],
+            ParamKind::Parameter,
+        )?,
         cls_emb: Some(l.param("text.cls_emb", [t.width], ParamKind::Parameter)?),
         blocks: load_blocks(&l, "text.transformer.resblocks", t.layers, &tspec)?,
         ln_final: l.layer_norm("text.ln_final", t.width, 1e-5)?,
@@ -170,5 +189,13 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         t.context_length,
     )?;
     tokenizer.reserved = 1;
-    Ok(Model::assemble(Architecture::Conch, files, &l, vision, Some((text, tokenizer)), preprocess_from(&json, v.image_size), e))
+    Ok(Model::assemble(
+        Architecture::Conch,
+        files,
+        &l,
+        vision,
+        Some((text, tokenizer)),
+        preprocess_from(&json, v.image_size),
+        e,
+    ))
 }

@@ -59,7 +59,8 @@ impl ModelFiles {
     /// Reads and parses a JSON file.
     pub fn json(&self, file: &str) -> Result<serde_json::Value> {
         let bytes = self.read(file)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::format(self.path_of(file), format!("invalid JSON: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::format(self.path_of(file), format!("invalid JSON: {e}")))
     }
 
     /// Opens the first of `candidates` that exists as safetensors. A PyTorch `.bin` in its place
@@ -69,7 +70,9 @@ impl ModelFiles {
             if self.has(file) {
                 return match self {
                     Self::Dir(p) => SafeTensors::open(&p.join(file)),
-                    Self::Memory { files, .. } => SafeTensors::from_bytes(files[*file].clone(), &self.path_of(file)),
+                    Self::Memory { files, .. } => {
+                        SafeTensors::from_bytes(files[*file].clone(), &self.path_of(file))
+                    }
                 };
             }
         }
@@ -85,6 +88,9 @@ impl ModelFiles {
                 ));
             }
         }
-        Err(Error::format(self.name(), format!("no weights file: expected one of {}", candidates.join(", "))))
+        Err(Error::format(
+            self.name(),
+            format!("no weights file: expected one of {}", candidates.join(", ")),
+        ))
     }
 }

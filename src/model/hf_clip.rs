@@ -114,7 +114,8 @@ impl HfClipConfig {
             }
             Value::Object(out)
         };
-        let projection_dim = json.get("projection_dim").and_then(Value::as_u64).unwrap_or(512) as usize;
+        let projection_dim =
+            json.get("projection_dim").and_then(Value::as_u64).unwrap_or(512) as usize;
         Ok(Self {
             text: parse_config(merged("text"), file)?,
             vision: parse_config(merged("vision"), file)?,
@@ -140,7 +141,11 @@ fn preprocess(files: &ModelFiles, image_size: usize) -> Result<PreprocessConfig>
     let size_of = |v: Option<&Value>| -> Option<usize> {
         match v? {
             Value::Number(n) => n.as_u64().map(|n| n as usize),
-            Value::Object(m) => m.get("shortest_edge").or_else(|| m.get("height")).and_then(Value::as_u64).map(|n| n as usize),
+            Value::Object(m) => m
+                .get("shortest_edge")
+                .or_else(|| m.get("height"))
+                .and_then(Value::as_u64)
+                .map(|n| n as usize),
             _ => None,
         }
     };
@@ -151,7 +156,12 @@ fn preprocess(files: &ModelFiles, image_size: usize) -> Result<PreprocessConfig>
         cfg.crop = c;
     }
     let triple = |key: &str| -> Option<[f32; 3]> {
-        let v: Vec<f32> = json.get(key)?.as_array()?.iter().filter_map(|x| x.as_f64().map(|x| x as f32)).collect();
+        let v: Vec<f32> = json
+            .get(key)?
+            .as_array()?
+            .iter()
+            .filter_map(|x| x.as_f64().map(|x| x as f32))
+            .collect();
         v.try_into().ok()
     };
     if let Some(m) = triple("image_mean") {
@@ -164,7 +174,11 @@ fn preprocess(files: &ModelFiles, image_size: usize) -> Result<PreprocessConfig>
 }
 
 /// Loads a Hugging Face `CLIPModel` folder.
-pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::tensor::Device) -> Result<Model> {
+pub fn load(
+    files: &ModelFiles,
+    source: Option<WeightSource>,
+    device: &burn::tensor::Device,
+) -> Result<Model> {
     let cfg_file = files.path_of("config.json");
     let cfg = HfClipConfig::from_json(&files.json("config.json")?, &cfg_file)?;
     let source = match source {
@@ -174,7 +188,8 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     let l = Loader::new(source, device);
     let (v, t, e) = (&cfg.vision, &cfg.text, cfg.projection_dim);
 
-    let geometry = Geometry { patch: v.patch_size, image_size: v.image_size, pos_covers_prefix: true };
+    let geometry =
+        Geometry { patch: v.patch_size, image_size: v.image_size, pos_covers_prefix: true };
     let grid = geometry.grid();
     let pos_name = "vision_model.embeddings.position_embedding.weight";
     let n_pos = l.shape_of(pos_name).map(|s| s[0]).unwrap_or(grid * grid + 1);
@@ -189,15 +204,33 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         naming: Naming::HfClip,
     };
     let vision = VisionTransformer {
-        patch_embed: VisionTransformer::load_patch_embed(&l, "vision_model.embeddings.patch_embedding.weight", None, v.hidden_size, v.patch_size)?,
-        cls_token: Some(l.param("vision_model.embeddings.class_embedding", [v.hidden_size], ParamKind::Parameter)?),
+        patch_embed: VisionTransformer::load_patch_embed(
+            &l,
+            "vision_model.embeddings.patch_embedding.weight",
+            None,
+            v.hidden_size,
+            v.patch_size,
+        )?,
+        cls_token: Some(l.param(
+            "vision_model.embeddings.class_embedding",
+            [v.hidden_size],
+            ParamKind::Parameter,
+        )?),
         reg_tokens: None,
         pos_embed: l.param(pos_name, [n_pos, v.hidden_size], ParamKind::Embedding)?,
-        norm_pre: Some(l.layer_norm("vision_model.pre_layrnorm", v.hidden_size, v.layer_norm_eps)?),
+        norm_pre: Some(l.layer_norm(
+            "vision_model.pre_layrnorm",
+            v.hidden_size,
+            v.layer_norm_eps,
+        )?),
         blocks: load_blocks(&l, "vision_model.encoder.layers", v.num_hidden_layers, &vspec)?,
         norm: None,
         attn_pool: None,
-        norm_pooled: Some(l.layer_norm("vision_model.post_layernorm", v.hidden_size, v.layer_norm_eps)?),
+        norm_pooled: Some(l.layer_norm(
+            "vision_model.post_layernorm",
+            v.hidden_size,
+            v.layer_norm_eps,
+        )?),
         proj: Some(l.linear("visual_projection", v.hidden_size, e, false)?),
         geometry,
     };
@@ -211,10 +244,22 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         layer_scale: false,
         naming: Naming::HfClip,
     };
-    let pooling = if t.eos_token_id == 2 { TextPooling::Argmax } else { TextPooling::FirstId(t.eos_token_id) };
+    let pooling = if t.eos_token_id == 2 {
+        TextPooling::Argmax
+    } else {
+        TextPooling::FirstId(t.eos_token_id)
+    };
     let text = TextTransformer {
-        token_embedding: l.embedding("text_model.embeddings.token_embedding", t.vocab_size, t.hidden_size)?,
-        pos_embed: l.param("text_model.embeddings.position_embedding.weight", [t.max_position_embeddings, t.hidden_size], ParamKind::Embedding)?,
+        token_embedding: l.embedding(
+            "text_model.embeddings.token_embedding",
+            t.vocab_size,
+            t.hidden_size,
+        )?,
+        pos_embed: l.param(
+            "text_model.embeddings.position_embedding.weight",
+            [t.max_position_embeddings, t.hidden_size],
+            ParamKind::Embedding,
+        )?,
         cls_emb: None,
         blocks: load_blocks(&l, "text_model.encoder.layers", t.num_hidden_layers, &tspec)?,
         ln_final: l.layer_norm("text_model.final_layer_norm", t.hidden_size, t.layer_norm_eps)?,
@@ -224,9 +269,23 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     };
 
     let tokenizer = if files.has("tokenizer.json") {
-        TextTokenizer::from_json(&files.read("tokenizer.json")?, &files.path_of("tokenizer.json"), ["<|startoftext|>", "<|endoftext|>"], None, t.max_position_embeddings)?
+        TextTokenizer::from_json(
+            &files.read("tokenizer.json")?,
+            &files.path_of("tokenizer.json"),
+            ["<|startoftext|>", "<|endoftext|>"],
+            None,
+            t.max_position_embeddings,
+        )?
     } else {
         TextTokenizer::clip(t.max_position_embeddings, true)?
     };
-    Ok(Model::assemble(Architecture::HfClip, files, &l, vision, Some((text, tokenizer)), preprocess(files, v.image_size)?, e))
+    Ok(Model::assemble(
+        Architecture::HfClip,
+        files,
+        &l,
+        vision,
+        Some((text, tokenizer)),
+        preprocess(files, v.image_size)?,
+        e,
+    ))
 }

@@ -53,7 +53,8 @@ impl std::fmt::Display for Architecture {
 }
 
 /// What each supported format looks like, for error messages.
-pub const SUPPORTED: &str = "Hugging Face CLIPModel (config.json with model_type \"clip\" + model.safetensors), \
+pub const SUPPORTED: &str =
+    "Hugging Face CLIPModel (config.json with model_type \"clip\" + model.safetensors), \
 open_clip (open_clip_config.json + open_clip_model.safetensors), \
 CONCH (conch_config.json or an open_clip_config.json with a CoCa config + model.safetensors), \
 timm ViT (config.json with \"architecture\": \"vit_...\" + model.safetensors)";
@@ -87,7 +88,10 @@ impl Model {
     /// Loads the checkpoint folder at `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::format(dir.display(), "not a folder (point --model at the checkpoint's folder)"));
+            return Err(Error::format(
+                dir.display(),
+                "not a folder (point --model at the checkpoint's folder)",
+            ));
         }
         Self::load_files(&ModelFiles::Dir(dir.to_path_buf()), device)
     }
@@ -102,7 +106,11 @@ impl Model {
         Self::load_with(files, Some(WeightSource::Random), device)
     }
 
-    fn load_with(files: &ModelFiles, source: Option<WeightSource>, device: &Device) -> Result<Self> {
+    fn load_with(
+        files: &ModelFiles,
+        source: Option<WeightSource>,
+        device: &Device,
+    ) -> Result<Self> {
         match detect(files)? {
             Architecture::HfClip => hf_clip::load(files, source, device),
             Architecture::OpenClip => open_clip::load(files, source, device),
@@ -182,7 +190,10 @@ impl Model {
     }
 
     fn no_text(&self) -> Error {
-        Error::msg(format!("{}: this {} checkpoint has no text encoder", self.name, self.architecture))
+        Error::msg(format!(
+            "{}: this {} checkpoint has no text encoder",
+            self.name, self.architecture
+        ))
     }
 }
 
@@ -211,7 +222,11 @@ pub fn detect(files: &ModelFiles) -> Result<Architecture> {
         if is_clip {
             return Ok(Architecture::HfClip);
         }
-        let kind = json.get("model_type").or_else(|| json.get("architectures")).map(|v| v.to_string()).unwrap_or_default();
+        let kind = json
+            .get("model_type")
+            .or_else(|| json.get("architectures"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         return Err(Error::format(
             files.path_of("config.json"),
             format!("unknown architecture {kind}; supported: {SUPPORTED}"),
@@ -219,7 +234,9 @@ pub fn detect(files: &ModelFiles) -> Result<Architecture> {
     }
     Err(Error::format(
         files.name(),
-        format!("no config.json, open_clip_config.json or conch_config.json; supported: {SUPPORTED}"),
+        format!(
+            "no config.json, open_clip_config.json or conch_config.json; supported: {SUPPORTED}"
+        ),
     ))
 }
 

@@ -129,7 +129,9 @@ impl Attention {
                 let k = parts.pop().expect("3 chunks");
                 (parts.pop().expect("3 chunks"), k, v)
             }
-            QkvProjection::Split(p) => (p.q.forward(x.clone()), p.k.forward(x.clone()), p.v.forward(x)),
+            QkvProjection::Split(p) => {
+                (p.q.forward(x.clone()), p.k.forward(x.clone()), p.v.forward(x))
+            }
         };
         self.attend(q, k, v, mask, causal)
     }
@@ -144,7 +146,14 @@ impl Attention {
         self.attend(q, k, v, None, false)
     }
 
-    fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Option<Tensor<4, Bool>>, causal: bool) -> Tensor<3> {
+    fn attend(
+        &self,
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<3>,
+        mask: Option<Tensor<4, Bool>>,
+        causal: bool,
+    ) -> Tensor<3> {
         let [b, lq, d] = q.dims();
         let split = |t: Tensor<3>| {
             let [b, l, d] = t.dims();
@@ -229,9 +238,15 @@ pub fn load_blocks(l: &Loader, prefix: &str, depth: usize, spec: &BlockSpec) -> 
 pub fn load_block(l: &Loader, p: &str, spec: &BlockSpec) -> Result<Block> {
     let BlockSpec { dim, heads, mlp_dim, act, eps, layer_scale, naming } = *spec;
     let (ln1, ln2, out, fc1, fc2, ls1, ls2) = match naming {
-        Naming::HfClip => ("layer_norm1", "layer_norm2", "self_attn.out_proj", "mlp.fc1", "mlp.fc2", "", ""),
-        Naming::OpenClip => ("ln_1", "ln_2", "attn.out_proj", "mlp.c_fc", "mlp.c_proj", "ls_1.gamma", "ls_2.gamma"),
-        Naming::Timm => ("norm1", "norm2", "attn.proj", "mlp.fc1", "mlp.fc2", "ls1.gamma", "ls2.gamma"),
+        Naming::HfClip => {
+            ("layer_norm1", "layer_norm2", "self_attn.out_proj", "mlp.fc1", "mlp.fc2", "", "")
+        }
+        Naming::OpenClip => {
+            ("ln_1", "ln_2", "attn.out_proj", "mlp.c_fc", "mlp.c_proj", "ls_1.gamma", "ls_2.gamma")
+        }
+        Naming::Timm => {
+            ("norm1", "norm2", "attn.proj", "mlp.fc1", "mlp.fc2", "ls1.gamma", "ls2.gamma")
+        }
     };
     let qkv = match naming {
         Naming::HfClip => QkvProjection::Split(SplitQkv {
@@ -240,7 +255,9 @@ pub fn load_block(l: &Loader, p: &str, spec: &BlockSpec) -> Result<Block> {
             v: l.linear(&format!("{p}.self_attn.v_proj"), dim, dim, true)?,
         }),
         Naming::OpenClip => QkvProjection::Fused(l.mha_in_proj(&format!("{p}.attn"), dim)?),
-        Naming::Timm => QkvProjection::Fused(l.linear_maybe_bias(&format!("{p}.attn.qkv"), dim, 3 * dim)?),
+        Naming::Timm => {
+            QkvProjection::Fused(l.linear_maybe_bias(&format!("{p}.attn.qkv"), dim, 3 * dim)?)
+        }
     };
     let gamma = |name: &str| -> Result<Option<Param<Tensor<1>>>> {
         if !layer_scale {

@@ -107,10 +107,13 @@ pub struct OpenClipConfig {
 
 /// Reads an int, or the first of a `[h, w]` pair (which must be square).
 pub(crate) fn square(v: &Value, what: &str, file: &str) -> Result<usize> {
-    let bad = || Error::format(file, format!("{what} must be a number or a square [h, w] pair, got {v}"));
+    let bad =
+        || Error::format(file, format!("{what} must be a number or a square [h, w] pair, got {v}"));
     match v {
         Value::Number(n) => n.as_u64().map(|n| n as usize).ok_or_else(bad),
-        Value::Array(a) if a.len() == 2 && a[0] == a[1] => a[0].as_u64().map(|n| n as usize).ok_or_else(bad),
+        Value::Array(a) if a.len() == 2 && a[0] == a[1] => {
+            a[0].as_u64().map(|n| n as usize).ok_or_else(bad)
+        }
         _ => Err(bad()),
     }
 }
@@ -119,7 +122,12 @@ pub(crate) fn square(v: &Value, what: &str, file: &str) -> Result<usize> {
 pub(crate) fn preprocess_from(json: &Value, image_size: usize) -> PreprocessConfig {
     let mut cfg = PreprocessConfig::openai_clip(image_size);
     let triple = |key: &str| -> Option<[f32; 3]> {
-        let v: Vec<f32> = json.pointer(&format!("/preprocess_cfg/{key}"))?.as_array()?.iter().filter_map(|x| x.as_f64().map(|x| x as f32)).collect();
+        let v: Vec<f32> = json
+            .pointer(&format!("/preprocess_cfg/{key}"))?
+            .as_array()?
+            .iter()
+            .filter_map(|x| x.as_f64().map(|x| x as f32))
+            .collect();
         v.try_into().ok()
     };
     if let Some(m) = triple("mean") {
@@ -132,31 +140,52 @@ pub(crate) fn preprocess_from(json: &Value, image_size: usize) -> PreprocessConf
 }
 
 /// Loads an open_clip folder.
-pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::tensor::Device) -> Result<Model> {
+pub fn load(
+    files: &ModelFiles,
+    source: Option<WeightSource>,
+    device: &burn::tensor::Device,
+) -> Result<Model> {
     let file = files.path_of("open_clip_config.json");
     let json = files.json("open_clip_config.json")?;
-    let cfg: OpenClipConfig = parse_config(json.get("model_cfg").cloned().unwrap_or(json.clone()), &file)?;
+    let cfg: OpenClipConfig =
+        parse_config(json.get("model_cfg").cloned().unwrap_or(json.clone()), &file)?;
     let (v, t, e) = (&cfg.vision_cfg, &cfg.text_cfg, cfg.embed_dim);
-    let layers = v.layers.as_u64().ok_or_else(|| Error::format(&file, "a ResNet vision tower (layers is a list) is not supported"))? as usize;
+    let layers = v.layers.as_u64().ok_or_else(|| {
+        Error::format(&file, "a ResNet vision tower (layers is a list) is not supported")
+    })? as usize;
     if let Some(name) = &v.timm_model_name {
-        return Err(Error::format(&file, format!("a timm vision trunk ('{name}') inside open_clip is not supported")));
+        return Err(Error::format(
+            &file,
+            format!("a timm vision trunk ('{name}') inside open_clip is not supported"),
+        ));
     }
     if let Some(name) = &t.hf_model_name {
-        return Err(Error::format(&file, format!("a Hugging Face text tower ('{name}') inside open_clip is not supported")));
+        return Err(Error::format(
+            &file,
+            format!("a Hugging Face text tower ('{name}') inside open_clip is not supported"),
+        ));
     }
     if t.pool_type != "argmax" {
-        return Err(Error::format(&file, format!("text pool_type '{}' is not supported (argmax)", t.pool_type)));
+        return Err(Error::format(
+            &file,
+            format!("text pool_type '{}' is not supported (argmax)", t.pool_type),
+        ));
     }
     let image_size = square(&v.image_size, "image_size", &file)?;
     let source = match source {
         Some(s) => s,
-        None => WeightSource::Checkpoint(files.weights(&["open_clip_model.safetensors", "model.safetensors"])?),
+        None => WeightSource::Checkpoint(
+            files.weights(&["open_clip_model.safetensors", "model.safetensors"])?,
+        ),
     };
     let l = Loader::new(source, device);
     let act = if cfg.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
 
     let geometry = Geometry { patch: v.patch_size, image_size, pos_covers_prefix: true };
-    let n_pos = l.shape_of("visual.positional_embedding").map(|s| s[0]).unwrap_or(geometry.grid().pow(2) + 1);
+    let n_pos = l
+        .shape_of("visual.positional_embedding")
+        .map(|s| s[0])
+        .unwrap_or(geometry.grid().pow(2) + 1);
     VisionTransformer::check_pos_embed(&l, "visual.positional_embedding", n_pos, &geometry, 1)?;
     let vspec = BlockSpec {
         dim: v.width,
@@ -168,10 +197,20 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         naming: Naming::OpenClip,
     };
     let vision = VisionTransformer {
-        patch_embed: VisionTransformer::load_patch_embed(&l, "visual.conv1.weight", None, v.width, v.patch_size)?,
+        patch_embed: VisionTransformer::load_patch_embed(
+            &l,
+            "visual.conv1.weight",
+            None,
+            v.width,
+            v.patch_size,
+        )?,
         cls_token: Some(l.param("visual.class_embedding", [v.width], ParamKind::Parameter)?),
         reg_tokens: None,
-        pos_embed: l.param("visual.positional_embedding", [n_pos, v.width], ParamKind::Parameter)?,
+        pos_embed: l.param(
+            "visual.positional_embedding",
+            [n_pos, v.width],
+            ParamKind::Parameter,
+        )?,
         norm_pre: Some(l.layer_norm("visual.ln_pre", v.width, 1e-5)?),
         blocks: load_blocks(&l, "visual.transformer.resblocks", layers, &vspec)?,
         norm: None,
@@ -197,7 +236,11 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     };
     let text = TextTransformer {
         token_embedding: l.embedding("token_embedding", t.vocab_size, t.width)?,
-        pos_embed: l.param("positional_embedding", [t.context_length, t.width], ParamKind::Parameter)?,
+        pos_embed: l.param(
+            "positional_embedding",
+            [t.context_length, t.width],
+            ParamKind::Parameter,
+        )?,
         cls_emb: None,
         blocks: load_blocks(&l, "transformer.resblocks", t.layers, &tspec)?,
         ln_final: l.layer_norm("ln_final", t.width, 1e-5)?,
@@ -206,11 +249,25 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
         heads: t.heads,
     };
     let tokenizer = if files.has("tokenizer.json") {
-        let mut tok = TextTokenizer::from_json(&files.read("tokenizer.json")?, &files.path_of("tokenizer.json"), ["<|startoftext|>", "<|endoftext|>"], None, t.context_length)?;
+        let mut tok = TextTokenizer::from_json(
+            &files.read("tokenizer.json")?,
+            &files.path_of("tokenizer.json"),
+            ["<|startoftext|>", "<|endoftext|>"],
+            None,
+            t.context_length,
+        )?;
         tok.pad_id = 0;
         tok
     } else {
         TextTokenizer::clip(t.context_length, false)?
     };
-    Ok(Model::assemble(Architecture::OpenClip, files, &l, vision, Some((text, tokenizer)), preprocess_from(&json, image_size), e))
+    Ok(Model::assemble(
+        Architecture::OpenClip,
+        files,
+        &l,
+        vision,
+        Some((text, tokenizer)),
+        preprocess_from(&json, image_size),
+        e,
+    ))
 }

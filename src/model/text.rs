@@ -66,11 +66,14 @@ impl TextTransformer {
         }
         let vocab = self.vocab_size();
         if let Some(bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab) {
-            return Err(Error::msg(format!("token id {bad} is outside the model's vocabulary of {vocab}")));
+            return Err(Error::msg(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab}"
+            )));
         }
         let device = self.pos_embed.val().device();
         // CONCH drops the last slot to make room for the appended CLS token.
-        let used = if matches!(self.pooling, TextPooling::AppendedCls { .. }) { len - 1 } else { len };
+        let used =
+            if matches!(self.pooling, TextPooling::AppendedCls { .. }) { len - 1 } else { len };
         let seq = used + usize::from(self.cls_emb.is_some());
         if seq > self.context_length() {
             return Err(Error::msg(format!(
@@ -89,7 +92,9 @@ impl TextTransformer {
         x = x + self.pos_embed.val().narrow(0, 0, seq).unsqueeze::<3>();
 
         let (mask, causal) = match self.pooling {
-            TextPooling::AppendedCls { pad_id } => (Some(self.cls_mask(ids, seq, pad_id, &device)), false),
+            TextPooling::AppendedCls { pad_id } => {
+                (Some(self.cls_mask(ids, seq, pad_id, &device)), false)
+            }
             _ => (None, true),
         };
         for block in &self.blocks {
@@ -119,7 +124,13 @@ impl TextTransformer {
 
     /// Causal mask plus CONCH's CLS row: key `k` is visible to the CLS query when `k == 0` or the
     /// token at `k - 1` is not padding (`F.pad(text != pad, (1, 0, L, 0), value=1)`).
-    fn cls_mask(&self, ids: &[Vec<u32>], seq: usize, pad_id: u32, device: &burn::tensor::Device) -> Tensor<4, Bool> {
+    fn cls_mask(
+        &self,
+        ids: &[Vec<u32>],
+        seq: usize,
+        pad_id: u32,
+        device: &burn::tensor::Device,
+    ) -> Tensor<4, Bool> {
         let mut blocked = Vec::with_capacity(ids.len() * seq * seq);
         for s in ids {
             for q in 0..seq {

@@ -99,11 +99,15 @@ pub fn arch_defaults(arch: &str) -> Option<Value> {
 /// `{prefix}norm`, ... (`prefix` is empty or ends with a dot). It has no projection.
 pub fn load_trunk(l: &Loader, prefix: &str, a: &VitArgs, file: &str) -> Result<VisionTransformer> {
     if a.global_pool != "token" {
-        return Err(Error::format(file, format!("global_pool '{}' is not supported (token)", a.global_pool)));
+        return Err(Error::format(
+            file,
+            format!("global_pool '{}' is not supported (token)", a.global_pool),
+        ));
     }
     let d = a.embed_dim;
     let image_size = square(&a.img_size, "img_size", file)?;
-    let geometry = Geometry { patch: a.patch_size, image_size, pos_covers_prefix: !a.no_embed_class };
+    let geometry =
+        Geometry { patch: a.patch_size, image_size, pos_covers_prefix: !a.no_embed_class };
     let prefix_tokens = usize::from(a.class_token) + a.reg_tokens;
     let pos_name = format!("{prefix}pos_embed");
     let n_pos = l.shape_of(&pos_name).map(|s| s[1]).unwrap_or(
@@ -120,22 +124,42 @@ pub fn load_trunk(l: &Loader, prefix: &str, a: &VitArgs, file: &str) -> Result<V
         naming: Naming::Timm,
     };
     let cls_token = if a.class_token {
-        Some(l.param_reshaped(&format!("{prefix}cls_token"), [1, 1, d], [d], ParamKind::Parameter)?)
+        Some(l.param_reshaped(
+            &format!("{prefix}cls_token"),
+            [1, 1, d],
+            [d],
+            ParamKind::Parameter,
+        )?)
     } else {
         None
     };
     let reg_tokens = if a.reg_tokens > 0 {
-        Some(l.param_reshaped(&format!("{prefix}reg_token"), [1, a.reg_tokens, d], [a.reg_tokens, d], ParamKind::Parameter)?)
+        Some(l.param_reshaped(
+            &format!("{prefix}reg_token"),
+            [1, a.reg_tokens, d],
+            [a.reg_tokens, d],
+            ParamKind::Parameter,
+        )?)
     } else {
         None
     };
     let pb = format!("{prefix}patch_embed.proj.bias");
     Ok(VisionTransformer {
-        patch_embed: VisionTransformer::load_patch_embed(l, &format!("{prefix}patch_embed.proj.weight"), Some(&pb), d, a.patch_size)?,
+        patch_embed: VisionTransformer::load_patch_embed(
+            l,
+            &format!("{prefix}patch_embed.proj.weight"),
+            Some(&pb),
+            d,
+            a.patch_size,
+        )?,
         cls_token,
         reg_tokens,
         pos_embed: l.param_reshaped(&pos_name, [1, n_pos, d], [n_pos, d], ParamKind::Parameter)?,
-        norm_pre: if a.pre_norm { Some(l.layer_norm(&format!("{prefix}norm_pre"), d, 1e-6)?) } else { None },
+        norm_pre: if a.pre_norm {
+            Some(l.layer_norm(&format!("{prefix}norm_pre"), d, 1e-6)?)
+        } else {
+            None
+        },
         blocks: load_blocks(l, &format!("{prefix}blocks"), a.depth, &spec)?,
         norm: Some(l.layer_norm(&format!("{prefix}norm"), d, 1e-6)?),
         attn_pool: None,
@@ -152,7 +176,9 @@ fn preprocess(json: &Value, image_size: usize) -> PreprocessConfig {
     let triple = |key: &str, default: [f32; 3]| -> [f32; 3] {
         cfg.and_then(|c| c.get(key))
             .and_then(|v| v.as_array())
-            .and_then(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect::<Option<Vec<f32>>>())
+            .and_then(|a| {
+                a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect::<Option<Vec<f32>>>()
+            })
             .and_then(|v| v.try_into().ok())
             .unwrap_or(default)
     };
@@ -166,7 +192,11 @@ fn preprocess(json: &Value, image_size: usize) -> PreprocessConfig {
 }
 
 /// Loads a timm ViT folder (vision only).
-pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::tensor::Device) -> Result<Model> {
+pub fn load(
+    files: &ModelFiles,
+    source: Option<WeightSource>,
+    device: &burn::tensor::Device,
+) -> Result<Model> {
     let file = files.path_of("config.json");
     let json = files.json("config.json")?;
     let arch = json.get("architecture").and_then(Value::as_str).unwrap_or_default();
@@ -192,5 +222,13 @@ pub fn load(files: &ModelFiles, source: Option<WeightSource>, device: &burn::ten
     let l = Loader::new(source, device);
     let vision = load_trunk(&l, "", &a, &file)?;
     let image_size = vision.geometry.image_size;
-    Ok(Model::assemble(Architecture::Timm, files, &l, vision, None, preprocess(&json, image_size), a.embed_dim))
+    Ok(Model::assemble(
+        Architecture::Timm,
+        files,
+        &l,
+        vision,
+        None,
+        preprocess(&json, image_size),
+        a.embed_dim,
+    ))
 }

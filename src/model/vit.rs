@@ -46,7 +46,14 @@ pub struct AttentionalPooler {
 
 impl AttentionalPooler {
     /// Loads `{p}.query`, `{p}.ln_q`, `{p}.ln_k` and `{p}.attn` (a PyTorch `nn.MultiheadAttention`).
-    pub fn load(l: &Loader, p: &str, d_model: usize, context_dim: usize, heads: usize, n_queries: usize) -> Result<Self> {
+    pub fn load(
+        l: &Loader,
+        p: &str,
+        d_model: usize,
+        context_dim: usize,
+        heads: usize,
+        n_queries: usize,
+    ) -> Result<Self> {
         let split = l.mha_split_qkv(&format!("{p}.attn"), d_model, context_dim)?;
         Ok(Self {
             query: l.param(&format!("{p}.query"), [n_queries, d_model], ParamKind::Parameter)?,
@@ -101,12 +108,24 @@ pub struct VisionTransformer {
 
 impl VisionTransformer {
     /// Loads a patch embedding stored as a `[dim, 3, p, p]` convolution kernel (+ optional bias).
-    pub fn load_patch_embed(l: &Loader, weight: &str, bias: Option<&str>, dim: usize, patch: usize) -> Result<Linear> {
+    pub fn load_patch_embed(
+        l: &Loader,
+        weight: &str,
+        bias: Option<&str>,
+        dim: usize,
+        patch: usize,
+    ) -> Result<Linear> {
         l.conv_patch_embed(weight, bias, dim, 3, patch)
     }
 
     /// Checks that the position embedding matches the patch grid of the configured image size.
-    pub fn check_pos_embed(l: &Loader, name: &str, stored: usize, geometry: &Geometry, prefix: usize) -> Result<()> {
+    pub fn check_pos_embed(
+        l: &Loader,
+        name: &str,
+        stored: usize,
+        geometry: &Geometry,
+        prefix: usize,
+    ) -> Result<()> {
         let expected = geometry.grid().pow(2) + if geometry.pos_covers_prefix { prefix } else { 0 };
         if stored != expected {
             return Err(Error::format(
@@ -149,10 +168,11 @@ impl VisionTransformer {
         let [b, c, h, w] = pixels.dims();
         let p = self.geometry.patch;
         let (gh, gw) = (h / p, w / p);
-        let patches = pixels
-            .reshape([b, c, gh, p, gw, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, gh * gw, c * p * p]);
+        let patches = pixels.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([
+            b,
+            gh * gw,
+            c * p * p,
+        ]);
         let mut x = self.patch_embed.forward(patches);
         let dim = x.dims()[2];
         let pos = self.pos_embed.val().unsqueeze::<3>();

@@ -77,7 +77,11 @@ impl RunDir {
     /// Appends one JSON line to `metrics.jsonl`.
     pub fn log<T: Serialize>(&self, entry: &T) -> Result<()> {
         let path = self.file("metrics.jsonl");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         let line = serde_json::to_string(entry).map_err(|e| Error::msg(e.to_string()))?;
         writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
     }
@@ -85,7 +89,8 @@ impl RunDir {
     /// Saves the trainable parameters of `model` to `name` (atomically).
     pub fn save_params<M: Module>(&self, name: &str, model: &M) -> Result<()> {
         let group = ParamGroup::from_ids(trainable_ids(model));
-        let bytes = model.clone().into_record_group(group).into_bytes().map_err(|e| self.err(name, e))?;
+        let bytes =
+            model.clone().into_record_group(group).into_bytes().map_err(|e| self.err(name, e))?;
         write_atomic(self.file(name), &bytes)
     }
 
@@ -93,13 +98,21 @@ impl RunDir {
     pub fn load_params<M: Module>(&self, name: &str, model: M) -> Result<M> {
         let path = self.file(name);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| self.err(name, e))?;
-        model.try_load_record(record.allow_partial(true).allow_unused(true)).map_err(|e| self.err(name, e))
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+            .map_err(|e| self.err(name, e))?;
+        model
+            .try_load_record(record.allow_partial(true).allow_unused(true))
+            .map_err(|e| self.err(name, e))
     }
 
     /// Saves a checkpoint to resume from: parameters, optimiser state, then the state file last,
     /// so that an interruption at any point leaves the previous checkpoint usable.
-    pub fn save_checkpoint<M: Module>(&self, model: &M, optim: &ModuleOptimizer, state: &RunState) -> Result<()> {
+    pub fn save_checkpoint<M: Module>(
+        &self,
+        model: &M,
+        optim: &ModuleOptimizer,
+        state: &RunState,
+    ) -> Result<()> {
         self.save_params("last.bpk", model)?;
         let bytes = optim.into_bytes().map_err(|e| self.err("optimizer.bpk", e))?;
         write_atomic(self.file("optimizer.bpk"), &bytes)?;
@@ -107,12 +120,18 @@ impl RunDir {
     }
 
     /// Restores the latest checkpoint into `model` and `optim`.
-    pub fn load_checkpoint<M: Module>(&self, model: M, optim: ModuleOptimizer) -> Result<(M, ModuleOptimizer, RunState)> {
+    pub fn load_checkpoint<M: Module>(
+        &self,
+        model: M,
+        optim: ModuleOptimizer,
+    ) -> Result<(M, ModuleOptimizer, RunState)> {
         let state: RunState = self.read_json("state.json")?;
         let model = self.load_params("last.bpk", model)?;
         let path = self.file("optimizer.bpk");
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let optim = optim.from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| self.err("optimizer.bpk", e))?;
+        let optim = optim
+            .from_bytes(Bytes::from_bytes_vec(bytes))
+            .map_err(|e| self.err("optimizer.bpk", e))?;
         Ok((model, optim, state))
     }
 

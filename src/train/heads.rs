@@ -84,7 +84,13 @@ impl HeadsConfig {
         } else {
             Projector { first: lin(d, t), second: None }
         };
-        ClipItHeads { h_v: lin(d, c), h_d, fc0_in: lin(t, t), fc0_out: lin(t, c), fc: lin(2 * c, c) }
+        ClipItHeads {
+            h_v: lin(d, c),
+            h_d,
+            fc0_in: lin(t, t),
+            fc0_out: lin(t, c),
+            fc: lin(2 * c, c),
+        }
     }
 }
 
@@ -101,7 +107,8 @@ impl ClipItHeads {
     pub fn forward(&self, v: Tensor<2>) -> HeadsOutput {
         let z_v = self.h_v.forward(v.clone());
         let text_pred = self.h_d.forward(v);
-        let z_t = self.fc0_out.forward(leaky_relu(self.fc0_in.forward(text_pred.clone()), LEAKY_SLOPE));
+        let z_t =
+            self.fc0_out.forward(leaky_relu(self.fc0_in.forward(text_pred.clone()), LEAKY_SLOPE));
         let logits = self.fc.forward(Tensor::cat(vec![z_v, z_t], 1));
         HeadsOutput { logits, text_pred }
     }
@@ -136,7 +143,10 @@ impl ClipItModel {
 /// (token embedding and MLP linears; the inert `MultiheadAttention.out_proj` adapters left out, as
 /// peft never trains them), every other weight frozen. `seed` as in [`apply_lora`].
 pub fn text_lora_tower(teacher: &Model, cfg: &LoraConfig, seed: u64) -> Result<TextTransformer> {
-    let text = teacher.text.clone().ok_or_else(|| Error::msg(format!("{}: the teacher has no text encoder", teacher.name)))?;
+    let text = teacher
+        .text
+        .clone()
+        .ok_or_else(|| Error::msg(format!("{}: the teacher has no text encoder", teacher.name)))?;
     apply_lora(text, &teacher.params, cfg, seed)
 }
 
@@ -155,12 +165,19 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, paper_compat: b
 pub fn distillation_loss(text_pred: Tensor<2>, text_target: Tensor<2>) -> Tensor<1> {
     let eps = 1e-8;
     let dot = (text_pred.clone() * text_target.clone()).sum_dim(1);
-    let norms = text_pred.square().sum_dim(1).sqrt().clamp_min(eps) * text_target.square().sum_dim(1).sqrt().clamp_min(eps);
+    let norms = text_pred.square().sum_dim(1).sqrt().clamp_min(eps)
+        * text_target.square().sum_dim(1).sqrt().clamp_min(eps);
     (dot / norms).neg().add_scalar(1.0).mean()
 }
 
 /// The CLIP-IT loss: `CE + λ·(1 − cos(t̂, t))`.
-pub fn clipit_loss(out: &HeadsOutput, targets: Tensor<1, Int>, text_target: Tensor<2>, lambda: f64, paper_compat: bool) -> Tensor<1> {
+pub fn clipit_loss(
+    out: &HeadsOutput,
+    targets: Tensor<1, Int>,
+    text_target: Tensor<2>,
+    lambda: f64,
+    paper_compat: bool,
+) -> Tensor<1> {
     let ce = cross_entropy(out.logits.clone(), targets, paper_compat);
     ce + distillation_loss(out.text_pred.clone(), text_target) * lambda
 }

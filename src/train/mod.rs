@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod heads;
 pub mod optim;
+mod pairing;
 pub mod plot;
 pub mod run;
 pub mod split;

@@ -46,7 +46,11 @@ pub fn trainable_count<M: Module>(module: &M) -> usize {
 /// Scales all gradients so that their global L2 norm is at most `max_norm`
 /// (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, applied when below 1).
 /// Returns the norm before clipping.
-pub fn clip_global_norm<M: Module>(module: &M, grads: GradientsParams, max_norm: Option<f64>) -> (GradientsParams, f64) {
+pub fn clip_global_norm<M: Module>(
+    module: &M,
+    grads: GradientsParams,
+    max_norm: Option<f64>,
+) -> (GradientsParams, f64) {
     struct SumSquares<'a> {
         grads: &'a GradientsParams,
         total: Option<Tensor<1>>,
@@ -89,5 +93,6 @@ pub fn clip_global_norm<M: Module>(module: &M, grads: GradientsParams, max_norm:
 /// Learning rate at `step` of `total` under PyTorch's `CosineAnnealingLR(T_max, eta_min)`.
 pub fn cosine_lr(base: f64, eta_min: f64, step: usize, t_max: usize) -> f64 {
     let t = (step % (2 * t_max.max(1))) as f64;
-    eta_min + (base - eta_min) * (1.0 + (std::f64::consts::PI * t / t_max.max(1) as f64).cos()) / 2.0
+    eta_min
+        + (base - eta_min) * (1.0 + (std::f64::consts::PI * t / t_max.max(1) as f64).cos()) / 2.0
 }

@@ -35,7 +35,10 @@ fn polyline(points: &[(f64, f64)], x_max: f64, y_min: f64, y_max: f64, color: &s
             format!("{px:.1},{py:.1}")
         })
         .collect();
-    format!(r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#, pts.join(" "))
+    format!(
+        r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+        pts.join(" ")
+    )
 }
 
 fn render(loss: &[(f64, f64)], bacc: &[(f64, f64)]) -> String {

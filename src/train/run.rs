@@ -3,25 +3,26 @@
 //! validation and checkpoints, and the final report.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{RunDir, RunState};
+use super::data::read_manifest;
 use super::data::{BatchLoader, Dataset, LoaderConfig};
-use super::heads::{text_lora_tower, ClipItModel, HeadsConfig};
-use super::data::{attach_pairs, read_manifest};
-use super::split::{group_split, stratified_split};
 use super::heads::cross_entropy;
-use super::trainer::{clipit_batch_loss, vision_batch_loss, LossParts, StepLog, TrainBatch, TrainOptions, Trainer};
-use crate::embed::{embed_image_files, embed_texts};
+use super::heads::{text_lora_tower, ClipItModel, HeadsConfig};
+use super::pairing::{pair_reports, TextTargets};
+use super::split::{group_split, stratified_split};
+use super::trainer::{
+    clipit_batch_loss, vision_batch_loss, LossParts, StepLog, TrainBatch, TrainOptions, Trainer,
+};
 use crate::lora::LoraConfig;
 use crate::metrics::Report;
 use crate::model::text::TextTransformer;
 use crate::model::Model;
-use crate::retrieval::{matrix_from_host, matrix_to_host, read_pairs_jsonl, top_k, Corpus};
+use crate::retrieval::matrix_to_host;
 use crate::{Error, Result};
 
 /// The training methods of the paper's tables.
@@ -40,8 +41,12 @@ impl std::str::FromStr for Method {
         match s {
             "clipit" => Ok(Self::Clipit),
             "linear-probe" | "vision-linear" => Ok(Self::LinearProbe),
-            "contrastive" => Err(Error::msg("--method contrastive is not implemented yet (clipit, linear-probe, vision-linear)")),
-            other => Err(Error::msg(format!("unknown method '{other}' (clipit, linear-probe, vision-linear)"))),
+            "contrastive" => Err(Error::msg(
+                "--method contrastive is not implemented yet (clipit, linear-probe, vision-linear)",
+            )),
+            other => Err(Error::msg(format!(
+                "unknown method '{other}' (clipit, linear-probe, vision-linear)"
+            ))),
         }
     }
 }
@@ -116,87 +121,15 @@ pub struct TrainInputs<'a> {
     pub resume: bool,
 }
 
-/// CLIP-IT's pairing of samples with reports, and what the loss needs from it: the
-/// L2-normalised teacher embedding of each sample's report (precomputed targets) and, for
-/// text-LoRA training, the report's token ids.
-struct TextTargets {
-    /// Row-major `[reports, dim]` normalised report embeddings.
-    table: Arc<Vec<f32>>,
-    dim: usize,
-    /// Token ids of every report (text-LoRA mode only).
-    tokens: Option<Arc<Vec<Vec<u32>>>>,
-    /// The report index of each sample.
-    index: Vec<usize>,
-}
-
-impl TextTargets {
-    fn rows(&self, samples: &[usize]) -> (Vec<f32>, usize) {
-        let mut out = Vec::with_capacity(samples.len() * self.dim);
-        for &i in samples {
-            let j = self.index[i];
-            out.extend_from_slice(&self.table[j * self.dim..(j + 1) * self.dim]);
-        }
-        (out, self.dim)
-    }
-
-    fn token_ids(&self, samples: &[usize]) -> Option<Vec<Vec<u32>>> {
-        self.tokens.as_ref().map(|t| samples.iter().map(|&i| t[self.index[i]].clone()).collect())
-    }
-
-    /// A training batch with these samples' targets (and token ids in text-LoRA mode).
-    fn batch(&self, b: &super::data::Batch, device: &Device) -> TrainBatch {
-        let tb = TrainBatch::from_host(b.pixels.clone(), b.crop, &b.labels, Some(self.rows(&b.indices)), device);
-        match self.token_ids(&b.indices) {
-            Some(ids) => tb.with_token_ids(ids),
-            None => tb,
-        }
-    }
-}
-
-fn l2_rows(values: &mut [f32], dim: usize) {
-    for row in values.chunks_mut(dim) {
-        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|x| *x /= n);
-    }
-}
-
-/// The top-1 report of every sample by cosine with the teacher (CLIP-IT step 1).
-fn retrieve_indices(teacher: &Model, table: &[f32], samples: &Dataset, batch: usize) -> Result<Vec<usize>> {
-    let device = teacher.vision.pos_embed.val().device();
-    let paths: Vec<PathBuf> = samples.samples.iter().map(|s| s.path.clone()).collect();
-    let images = embed_image_files(teacher, &paths, batch, false, |_| {})?;
-    let hits = top_k(matrix_from_host(&images.values, images.dim, &device)?, matrix_from_host(table, teacher.embed_dim, &device)?, 1)?;
-    Ok(hits.iter().map(|h| h[0].0).collect())
-}
-
-/// Pairs the training and validation samples with reports, by retrieval or from `cfg.pairs`.
-fn pair_reports(cfg: &RunConfig, teacher: &Model, sets: [&Dataset; 2]) -> Result<[TextTargets; 2]> {
-    let reports = cfg.reports.as_ref().ok_or_else(|| Error::msg("CLIP-IT needs --reports"))?;
-    let corpus = Corpus::read(reports)?;
-    let batch = cfg.options.batch_size.min(64);
-    let dim = teacher.embed_dim;
-    let mut table = embed_texts(teacher, &corpus.texts, batch, |_| {})?;
-    l2_rows(&mut table, dim);
-    let table = Arc::new(table);
-    let tokens = if cfg.text_lora { Some(Arc::new(teacher.tokenize(&corpus.texts)?)) } else { None };
-    let pairs = cfg.pairs.as_ref().map(read_pairs_jsonl).transpose()?;
-    let targets = |set: &Dataset| -> Result<TextTargets> {
-        let index = match &pairs {
-            Some(p) => attach_pairs(set, p, &corpus.ids)?,
-            None => retrieve_indices(teacher, &table, set, batch)?,
-        };
-        Ok(TextTargets { table: table.clone(), dim, tokens: tokens.clone(), index })
-    };
-    Ok([targets(sets[0])?, targets(sets[1])?])
-}
-
 /// The training and validation sets: a manifest's own splits (or a split of its training rows by
 /// group, then by class), or a stratified split of an ImageFolder.
 fn load_splits(cfg: &RunConfig) -> Result<(Dataset, Dataset)> {
     let seed = cfg.options.seed;
     if cfg.data.is_file() {
         let m = read_manifest(&cfg.data)?;
-        let train = m.train.ok_or_else(|| Error::format(cfg.data.display(), "no training rows (split = train)"))?;
+        let train = m
+            .train
+            .ok_or_else(|| Error::format(cfg.data.display(), "no training rows (split = train)"))?;
         let train = train.with_class_order(&cfg.classes)?;
         if let Some(val) = m.val {
             return Ok((train, val.with_class_order(&cfg.classes)?));
@@ -229,13 +162,21 @@ fn text_tower(cfg: &RunConfig, device: &Device) -> Result<Option<TextTransformer
     match (&cfg.teacher, &cfg.lora, cfg.text_lora) {
         (Some(dir), Some(lora), true) => {
             device.seed(cfg.options.seed.wrapping_add(1));
-            Ok(Some(text_lora_tower(&Model::load(dir, device)?, lora, cfg.options.seed.wrapping_add(1))?))
+            Ok(Some(text_lora_tower(
+                &Model::load(dir, device)?,
+                lora,
+                cfg.options.seed.wrapping_add(1),
+            )?))
         }
         _ => Ok(None),
     }
 }
 
-fn build_model(cfg: &RunConfig, device: &Device, text: Option<TextTransformer>) -> Result<ClipItModel> {
+fn build_model(
+    cfg: &RunConfig,
+    device: &Device,
+    text: Option<TextTransformer>,
+) -> Result<ClipItModel> {
     device.seed(cfg.options.seed);
     let backbone = Model::load(&cfg.backbone, device)?;
     let mut vision = backbone.vision.no_grad();
@@ -247,7 +188,10 @@ fn build_model(cfg: &RunConfig, device: &Device, text: Option<TextTransformer>) 
             // with a LoRA adapter like every other Linear of the vision model.
             let (probe_cfg, probe_model, _) = load_run(probe, &device.clone().without_autodiff())?;
             if probe_cfg.classes != cfg.classes || probe_cfg.backbone != cfg.backbone {
-                return Err(Error::format(probe.display(), "--init-from needs a run on the same backbone and classes"));
+                return Err(Error::format(
+                    probe.display(),
+                    "--init-from needs a run on the same backbone and classes",
+                ));
             }
             let h_v = probe_model.heads.h_v.to_device(device).no_grad();
             let mut names = crate::weights::ParamNames::default();
@@ -259,7 +203,13 @@ fn build_model(cfg: &RunConfig, device: &Device, text: Option<TextTransformer>) 
 }
 
 /// Mean loss and class probabilities over a loader's data (no gradients).
-fn evaluate(model: &ClipItModel, loader: &BatchLoader, targets: Option<&TextTargets>, opts: &TrainOptions, device: &Device) -> Result<(f64, Vec<Vec<f32>>, Vec<usize>)> {
+fn evaluate(
+    model: &ClipItModel,
+    loader: &BatchLoader,
+    targets: Option<&TextTargets>,
+    opts: &TrainOptions,
+    device: &Device,
+) -> Result<(f64, Vec<Vec<f32>>, Vec<usize>)> {
     let model = model.valid();
     let plain = device.clone().without_autodiff();
     let (mut loss_sum, mut n) = (0.0, 0usize);
@@ -270,7 +220,9 @@ fn evaluate(model: &ClipItModel, loader: &BatchLoader, targets: Option<&TextTarg
         }
         let tb = match targets {
             Some(t) => t.batch(&batch, &plain),
-            None => TrainBatch::from_host(batch.pixels.clone(), batch.crop, &batch.labels, None, &plain),
+            None => {
+                TrainBatch::from_host(batch.pixels.clone(), batch.crop, &batch.labels, None, &plain)
+            }
         };
         let parts = match targets {
             Some(_) => clipit_batch_loss(&model, &tb, opts)?,
@@ -319,7 +271,12 @@ fn extract_features(model: &ClipItModel, loader: &BatchLoader) -> Result<Feature
 /// Where training batches come from.
 enum Source {
     /// Streamed, augmented images (CLIP-IT).
-    Images { train: BatchLoader, val: BatchLoader, train_targets: Option<TextTargets>, val_targets: Option<TextTargets> },
+    Images {
+        train: BatchLoader,
+        val: BatchLoader,
+        train_targets: Option<TextTargets>,
+        val_targets: Option<TextTargets>,
+    },
     /// Cached features (linear probe), shuffled per epoch.
     Features { train: Features, val: Features, batch: usize, seed: u64 },
 }
@@ -333,36 +290,63 @@ impl Source {
     }
 
     /// The batches of one epoch (`None` for a batch with no readable image) and their sizes.
-    fn epoch<'a>(&'a self, epoch: usize, device: &'a Device) -> Box<dyn Iterator<Item = Option<(StepInput, usize)>> + 'a> {
+    fn epoch<'a>(
+        &'a self,
+        epoch: usize,
+        device: &'a Device,
+    ) -> Box<dyn Iterator<Item = Option<(StepInput, usize)>> + 'a> {
         match self {
-            Source::Images { train, train_targets, .. } => Box::new(train.epoch(epoch as u64).map(move |b| {
-                (!b.is_empty()).then(|| {
-                    let batch = match train_targets {
-                        Some(t) => t.batch(&b, device),
-                        None => TrainBatch::from_host(b.pixels.clone(), b.crop, &b.labels, None, device),
-                    };
-                    (StepInput::Images(batch), b.len())
-                })
-            })),
+            Source::Images { train, train_targets, .. } => {
+                Box::new(train.epoch(epoch as u64).map(move |b| {
+                    (!b.is_empty()).then(|| {
+                        let batch = match train_targets {
+                            Some(t) => t.batch(&b, device),
+                            None => TrainBatch::from_host(
+                                b.pixels.clone(),
+                                b.crop,
+                                &b.labels,
+                                None,
+                                device,
+                            ),
+                        };
+                        (StepInput::Images(batch), b.len())
+                    })
+                }))
+            }
             Source::Features { train, batch, seed, .. } => {
                 let mut order: Vec<usize> = (0..train.labels.len()).collect();
                 super::split::Rng::derive(*seed, &[epoch as u64]).shuffle(&mut order);
                 let chunks: Vec<Vec<usize>> = order.chunks(*batch).map(<[usize]>::to_vec).collect();
-                Box::new(chunks.into_iter().map(move |idx| Some((feature_batch(train, &idx, device), idx.len()))))
+                Box::new(
+                    chunks
+                        .into_iter()
+                        .map(move |idx| Some((feature_batch(train, &idx, device), idx.len()))),
+                )
             }
         }
     }
 
     /// Mean validation loss and class probabilities (no gradients).
-    fn evaluate(&self, model: &ClipItModel, opts: &TrainOptions, device: &Device) -> Result<(f64, Vec<Vec<f32>>, Vec<usize>)> {
+    fn evaluate(
+        &self,
+        model: &ClipItModel,
+        opts: &TrainOptions,
+        device: &Device,
+    ) -> Result<(f64, Vec<Vec<f32>>, Vec<usize>)> {
         match self {
-            Source::Images { val, val_targets, .. } => evaluate(model, val, val_targets.as_ref(), opts, device),
+            Source::Images { val, val_targets, .. } => {
+                evaluate(model, val, val_targets.as_ref(), opts, device)
+            }
             Source::Features { val, .. } => {
                 let model = model.valid();
                 let plain = device.clone().without_autodiff();
                 let all: Vec<usize> = (0..val.labels.len()).collect();
-                let StepInput::Features { x, labels } = feature_batch(val, &all, &plain) else { unreachable!() };
-                let loss = f64::from(probe_loss(&model, x.clone(), labels, opts)?.total.into_scalar::<f32>());
+                let StepInput::Features { x, labels } = feature_batch(val, &all, &plain) else {
+                    unreachable!()
+                };
+                let loss = f64::from(
+                    probe_loss(&model, x.clone(), labels, opts)?.total.into_scalar::<f32>(),
+                );
                 let logits = model.heads.h_v.forward(x);
                 let (v, [_, c]) = matrix_to_host(burn::tensor::activation::softmax(logits, 1))?;
                 Ok((loss, v.chunks(c).map(<[f32]>::to_vec).collect(), val.labels.clone()))
@@ -393,7 +377,12 @@ fn feature_batch(f: &Features, idx: &[usize], device: &Device) -> StepInput {
 }
 
 /// The linear probe's loss: CE of h_v on cached features.
-fn probe_loss(model: &ClipItModel, x: Tensor<2>, labels: Tensor<1, Int>, opts: &TrainOptions) -> Result<LossParts> {
+fn probe_loss(
+    model: &ClipItModel,
+    x: Tensor<2>,
+    labels: Tensor<1, Int>,
+    opts: &TrainOptions,
+) -> Result<LossParts> {
     let ce = cross_entropy(model.heads.h_v.forward(x), labels, opts.paper_compat);
     Ok(LossParts { total: ce.clone(), ce: ce.detach(), kd: None })
 }
@@ -405,17 +394,26 @@ pub fn train(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs) -> Result<RunSu
 }
 
 /// [`train`] on a given autodiff device.
-pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Device) -> Result<RunSummary> {
+pub fn train_on(
+    cfg: &RunConfig,
+    run: &RunDir,
+    inputs: TrainInputs,
+    device: &Device,
+) -> Result<RunSummary> {
     let opts = &cfg.options;
     let (train_set, val_set) = load_splits(cfg)?;
 
     let plain = device.clone().without_autodiff();
     let (train_targets, val_targets, text_tower) = match cfg.method {
         Method::Clipit => {
-            let teacher_dir = cfg.teacher.as_ref().ok_or_else(|| Error::msg("CLIP-IT needs --teacher"))?;
+            let teacher_dir =
+                cfg.teacher.as_ref().ok_or_else(|| Error::msg("CLIP-IT needs --teacher"))?;
             let teacher = Model::load(teacher_dir, &plain)?;
             if !teacher.has_text() {
-                return Err(Error::msg(format!("{}: the teacher needs a text encoder", teacher.name)));
+                return Err(Error::msg(format!(
+                    "{}: the teacher needs a text encoder",
+                    teacher.name
+                )));
             }
             let [train, val] = pair_reports(cfg, &teacher, [&train_set, &val_set])?;
             (Some(train), Some(val), text_tower(cfg, device)?)
@@ -433,17 +431,26 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
     let source = match cfg.method {
         Method::LinearProbe => {
             eprintln!("caching frozen backbone features ...");
-            let train = extract_features(&model, &BatchLoader::new(train_set, LoaderConfig::eval(preprocess, opts.batch_size))?)?;
+            let train = extract_features(
+                &model,
+                &BatchLoader::new(train_set, LoaderConfig::eval(preprocess, opts.batch_size))?,
+            )?;
             let val = extract_features(&model, &val_loader)?;
             Source::Features { train, val, batch: opts.batch_size, seed: opts.seed }
         }
-        Method::Clipit => Source::Images { train: BatchLoader::new(train_set, train_cfg)?, val: val_loader, train_targets, val_targets },
+        Method::Clipit => Source::Images {
+            train: BatchLoader::new(train_set, train_cfg)?,
+            val: val_loader,
+            train_targets,
+            val_targets,
+        },
     };
 
     let mut trainer = Trainer::new(model, opts.clone());
     let mut state = RunState::default();
     if inputs.resume && run.has_checkpoint() {
-        let (model, optim, saved) = run.load_checkpoint(trainer.model.clone(), trainer.optim.clone())?;
+        let (model, optim, saved) =
+            run.load_checkpoint(trainer.model.clone(), trainer.optim.clone())?;
         trainer.model = model;
         trainer.optim = optim;
         trainer.step = saved.step;
@@ -468,7 +475,9 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
             let Some((batch, n)) = batch else { continue };
             let log = match &batch {
                 StepInput::Images(b) => trainer.step(epoch, |m| clipit_batch_loss(m, b, opts))?,
-                StepInput::Features { x, labels } => trainer.step(epoch, |m| probe_loss(m, x.clone(), labels.clone(), opts))?,
+                StepInput::Features { x, labels } => {
+                    trainer.step(epoch, |m| probe_loss(m, x.clone(), labels.clone(), opts))?
+                }
             };
             images += n;
             run.log(&log)?;
@@ -477,7 +486,11 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
             if trainer.step % val_every == 0 || trainer.step == total {
                 let (val_loss, probs, labels) = source.evaluate(&trainer.model, opts, device)?;
                 let report = Report::from_probs(&probs, &labels, &cfg.classes)?;
-                run.log(&ValLog { step: trainer.step, val_loss, val_balanced_accuracy: report.balanced_accuracy })?;
+                run.log(&ValLog {
+                    step: trainer.step,
+                    val_loss,
+                    val_balanced_accuracy: report.balanced_accuracy,
+                })?;
                 if val_loss.is_finite() && state.best_val_loss.is_none_or(|b| val_loss < b) {
                     state.best_val_loss = Some(val_loss);
                     state.best_step = Some(trainer.step);
@@ -495,12 +508,23 @@ pub fn train_on(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs, device: &Dev
     let (_, probs, labels) = source.evaluate(&best, opts, device)?;
     let report = Report::from_probs(&probs, &labels, &cfg.classes)?;
     run.write_json("report.json", &report)?;
-    crate::fsutil::write_atomic(run.file("curves.svg"), super::plot::curves_svg(&run.file("metrics.jsonl"))?.as_bytes())?;
-    Ok(RunSummary { report, steps: trainer.step, best_step: state.best_step, images_per_sec: images as f64 / elapsed.max(1e-9) })
+    crate::fsutil::write_atomic(
+        run.file("curves.svg"),
+        super::plot::curves_svg(&run.file("metrics.jsonl"))?.as_bytes(),
+    )?;
+    Ok(RunSummary {
+        report,
+        steps: trainer.step,
+        best_step: state.best_step,
+        images_per_sec: images as f64 / elapsed.max(1e-9),
+    })
 }
 
 /// Loads a finished run's best model for evaluation or classification (no autodiff).
-pub fn load_run(run_dir: &Path, device: &Device) -> Result<(RunConfig, ClipItModel, crate::preprocess::PreprocessConfig)> {
+pub fn load_run(
+    run_dir: &Path,
+    device: &Device,
+) -> Result<(RunConfig, ClipItModel, crate::preprocess::PreprocessConfig)> {
     let run = RunDir::open(run_dir)?;
     let cfg: RunConfig = run.read_json("run.json")?;
     let model = build_model(&cfg, &device.clone().autodiff(), None)?;
@@ -510,7 +534,14 @@ pub fn load_run(run_dir: &Path, device: &Device) -> Result<(RunConfig, ClipItMod
 }
 
 /// Class probabilities for preprocessed pixels with a loaded run's model (vision only).
-pub fn predict(cfg: &RunConfig, model: &ClipItModel, pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Result<Vec<Vec<f32>>> {
+pub fn predict(
+    cfg: &RunConfig,
+    model: &ClipItModel,
+    pixels: Vec<f32>,
+    n: usize,
+    size: usize,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
     let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device);
     let logits = match cfg.method {
         Method::Clipit => model.forward(x).logits,

@@ -90,11 +90,21 @@ pub struct TrainBatch {
 
 impl TrainBatch {
     /// Builds a batch from host data.
-    pub fn from_host(pixels: Vec<f32>, size: usize, labels: &[usize], text_targets: Option<(Vec<f32>, usize)>, device: &burn::tensor::Device) -> Self {
+    pub fn from_host(
+        pixels: Vec<f32>,
+        size: usize,
+        labels: &[usize],
+        text_targets: Option<(Vec<f32>, usize)>,
+        device: &burn::tensor::Device,
+    ) -> Self {
         let n = labels.len();
         let pixels = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device);
-        let labels = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]), device);
-        let text_targets = text_targets.map(|(v, d)| Tensor::<2>::from_data(TensorData::new(v, [n, d]), device));
+        let labels = Tensor::<1, Int>::from_data(
+            TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]),
+            device,
+        );
+        let text_targets =
+            text_targets.map(|(v, d)| Tensor::<2>::from_data(TensorData::new(v, [n, d]), device));
         Self { pixels, labels, text_targets, token_ids: None }
     }
 
@@ -119,11 +129,19 @@ pub struct LossParts {
 /// batch's precomputed `text_targets`, or, when the model carries a text tower (text-LoRA mode),
 /// that tower's embedding of the batch's `token_ids`, not detached: the gradient then reaches the
 /// text LoRA too, as in the official code.
-pub fn clipit_batch_loss(model: &ClipItModel, batch: &TrainBatch, opts: &TrainOptions) -> Result<LossParts> {
+pub fn clipit_batch_loss(
+    model: &ClipItModel,
+    batch: &TrainBatch,
+    opts: &TrainOptions,
+) -> Result<LossParts> {
     let targets = match (&model.text, &batch.token_ids) {
         (Some(text), Some(ids)) => text.forward(ids)?,
-        (Some(_), None) => return Err(Error::msg("CLIP-IT with text LoRA needs the reports' token ids")),
-        (None, _) => batch.text_targets.clone().ok_or_else(|| Error::msg("CLIP-IT needs text targets"))?,
+        (Some(_), None) => {
+            return Err(Error::msg("CLIP-IT with text LoRA needs the reports' token ids"))
+        }
+        (None, _) => {
+            batch.text_targets.clone().ok_or_else(|| Error::msg("CLIP-IT needs text targets"))?
+        }
     };
     let out = model.forward(batch.pixels.clone());
     let ce = cross_entropy(out.logits.clone(), batch.labels.clone(), opts.paper_compat);
@@ -133,7 +151,11 @@ pub fn clipit_batch_loss(model: &ClipItModel, batch: &TrainBatch, opts: &TrainOp
 }
 
 /// Vision-only loss (linear probe and vision baselines): CE on h_v's logits.
-pub fn vision_batch_loss(model: &ClipItModel, batch: &TrainBatch, opts: &TrainOptions) -> Result<LossParts> {
+pub fn vision_batch_loss(
+    model: &ClipItModel,
+    batch: &TrainBatch,
+    opts: &TrainOptions,
+) -> Result<LossParts> {
     let logits = model.heads.h_v.forward(model.backbone.forward(batch.pixels.clone()));
     let ce = cross_entropy(logits, batch.labels.clone(), opts.paper_compat);
     Ok(LossParts { total: ce.clone(), ce: ce.detach(), kd: None })
@@ -169,7 +191,11 @@ impl<M: Module> Trainer<M> {
 
     /// One optimisation step. A non-finite loss stops training with an error naming the step,
     /// leaving the model as it was before the step.
-    pub fn step(&mut self, epoch: usize, loss: impl FnOnce(&M) -> Result<LossParts>) -> Result<StepLog> {
+    pub fn step(
+        &mut self,
+        epoch: usize,
+        loss: impl FnOnce(&M) -> Result<LossParts>,
+    ) -> Result<StepLog> {
         let parts = loss(&self.model)?;
         let value = f64::from(parts.total.clone().detach().into_scalar::<f32>());
         if !value.is_finite() {

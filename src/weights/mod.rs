@@ -69,7 +69,12 @@ impl Loader {
 
     /// A bare tensor parameter `name` of `shape` (an `nn.Parameter`, or the weight table of an
     /// `nn.Embedding` used by index, per `kind`), recorded under its name.
-    pub fn param<const D: usize>(&self, name: &str, shape: [usize; D], kind: ParamKind) -> Result<Param<Tensor<D>>> {
+    pub fn param<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        kind: ParamKind,
+    ) -> Result<Param<Tensor<D>>> {
         let param = Param::from_tensor(self.tensor(name, shape)?);
         self.record(&param, ParamInfo::new(name, kind, Layout::Same, &shape));
         Ok(param)
@@ -90,7 +95,13 @@ impl Loader {
     }
 
     /// Like [`Loader::param`] but filled with `fill` under random init (LayerScale gammas).
-    pub fn param_or_fill<const D: usize>(&self, name: &str, shape: [usize; D], fill: f32, kind: ParamKind) -> Result<Param<Tensor<D>>> {
+    pub fn param_or_fill<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        fill: f32,
+        kind: ParamKind,
+    ) -> Result<Param<Tensor<D>>> {
         let param = Param::from_tensor(self.tensor_or_fill(name, shape, fill)?);
         self.record(&param, ParamInfo::new(name, kind, Layout::Same, &shape));
         Ok(param)
@@ -149,7 +160,9 @@ impl Loader {
                 if found != shape {
                     return Err(Error::format(
                         st.name(),
-                        format!("tensor '{name}' has shape {found:?} but the config implies {shape:?}"),
+                        format!(
+                            "tensor '{name}' has shape {found:?} but the config implies {shape:?}"
+                        ),
                     ));
                 }
                 self.used.borrow_mut().insert(name.to_string());
@@ -166,7 +179,12 @@ impl Loader {
 
     /// Like [`Loader::tensor`] but filled with `fill` under random init (LayerNorm gammas,
     /// LayerScale) so random models stay numerically sane.
-    pub fn tensor_or_fill<const D: usize>(&self, name: &str, shape: [usize; D], fill: f32) -> Result<Tensor<D>> {
+    pub fn tensor_or_fill<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        fill: f32,
+    ) -> Result<Tensor<D>> {
         match self.source {
             WeightSource::Random => Ok(Tensor::full(shape, fill, &self.device)),
             _ => self.tensor(name, shape),
@@ -180,24 +198,36 @@ impl Loader {
     /// `in_proj_bias` or `q_proj_weight`).
     pub fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
         let weight = self.tensor::<2>(&format!("{name}.weight"), [d_out, d_in])?;
-        let bias = if bias { Some(self.tensor::<1>(&format!("{name}.bias"), [d_out])?) } else { None };
+        let bias =
+            if bias { Some(self.tensor::<1>(&format!("{name}.bias"), [d_out])?) } else { None };
         let linear = linear_from_torch(weight, bias);
         let kind = match name.strip_suffix(".out_proj") {
-            Some(mha) if ["in_proj_weight", "in_proj_bias", "q_proj_weight"].iter().any(|t| self.contains(&format!("{mha}.{t}"))) => {
+            Some(mha)
+                if ["in_proj_weight", "in_proj_bias", "q_proj_weight"]
+                    .iter()
+                    .any(|t| self.contains(&format!("{mha}.{t}"))) =>
+            {
                 ParamKind::MhaOutProj
             }
             _ => ParamKind::Linear,
         };
-        self.record(&linear.weight, ParamInfo::new(&format!("{name}.weight"), kind, Layout::Transposed, &[d_out, d_in]));
+        self.record(
+            &linear.weight,
+            ParamInfo::new(&format!("{name}.weight"), kind, Layout::Transposed, &[d_out, d_in]),
+        );
         if let Some(b) = &linear.bias {
-            self.record(b, ParamInfo::new(&format!("{name}.bias"), ParamKind::Bias, Layout::Same, &[d_out]));
+            self.record(
+                b,
+                ParamInfo::new(&format!("{name}.bias"), ParamKind::Bias, Layout::Same, &[d_out]),
+            );
         }
         Ok(linear)
     }
 
     /// A linear layer whose bias is optional in the checkpoint (present → used).
     pub fn linear_maybe_bias(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
-        let has_bias = self.contains(&format!("{name}.bias")) || matches!(self.source, WeightSource::Random);
+        let has_bias =
+            self.contains(&format!("{name}.bias")) || matches!(self.source, WeightSource::Random);
         self.linear(name, d_in, d_out, has_bias)
     }
 
@@ -212,25 +242,43 @@ impl Loader {
         let gamma = self.tensor_or_fill::<1>(&format!("{name}.weight"), [dim], 1.0)?;
         let beta = self.tensor_or_fill::<1>(&format!("{name}.bias"), [dim], 0.0)?;
         let norm = LayerNorm::new(gamma, beta, eps);
-        self.record(&norm.gamma, ParamInfo::new(&format!("{name}.weight"), ParamKind::Norm, Layout::Same, &[dim]));
-        self.record(&norm.beta, ParamInfo::new(&format!("{name}.bias"), ParamKind::Norm, Layout::Same, &[dim]));
+        self.record(
+            &norm.gamma,
+            ParamInfo::new(&format!("{name}.weight"), ParamKind::Norm, Layout::Same, &[dim]),
+        );
+        self.record(
+            &norm.beta,
+            ParamInfo::new(&format!("{name}.bias"), ParamKind::Norm, Layout::Same, &[dim]),
+        );
         Ok(norm)
     }
 
     /// An `nn.Embedding` stored as `{name}.weight` `[num, dim]`.
     pub fn embedding(&self, name: &str, num: usize, dim: usize) -> Result<Embedding> {
-        Ok(Embedding { weight: self.param(&format!("{name}.weight"), [num, dim], ParamKind::Embedding)? })
+        Ok(Embedding {
+            weight: self.param(&format!("{name}.weight"), [num, dim], ParamKind::Embedding)?,
+        })
     }
 
     /// A stride-`patch` `nn.Conv2d` patch embedding stored as a `[dim, channels, patch, patch]`
     /// kernel (+ optional bias), built as a linear layer over flattened `(channel, row, col)`
     /// patches: the weight is the kernel reshaped to `[dim, channels·patch²]` and transposed.
-    pub fn conv_patch_embed(&self, weight: &str, bias: Option<&str>, dim: usize, channels: usize, patch: usize) -> Result<Linear> {
+    pub fn conv_patch_embed(
+        &self,
+        weight: &str,
+        bias: Option<&str>,
+        dim: usize,
+        channels: usize,
+        patch: usize,
+    ) -> Result<Linear> {
         let kernel = [dim, channels, patch, patch];
         let w = self.tensor::<4>(weight, kernel)?.reshape([dim, channels * patch * patch]);
         let b = bias.map(|name| self.tensor::<1>(name, [dim])).transpose()?;
         let linear = linear_from_torch(w, b);
-        self.record(&linear.weight, ParamInfo::new(weight, ParamKind::Conv2d, Layout::ConvAsLinear, &kernel));
+        self.record(
+            &linear.weight,
+            ParamInfo::new(weight, ParamKind::Conv2d, Layout::ConvAsLinear, &kernel),
+        );
         if let (Some(b), Some(name)) = (&linear.bias, bias) {
             self.record(b, ParamInfo::new(name, ParamKind::Bias, Layout::Same, &[dim]));
         }
@@ -242,8 +290,14 @@ impl Loader {
     /// layer whose output splits into q, k, v. Bare parameters in PyTorch: peft cannot adapt them.
     pub fn mha_in_proj(&self, prefix: &str, dim: usize) -> Result<Linear> {
         let (wn, bn) = (format!("{prefix}.in_proj_weight"), format!("{prefix}.in_proj_bias"));
-        let linear = linear_from_torch(self.tensor::<2>(&wn, [3 * dim, dim])?, Some(self.tensor::<1>(&bn, [3 * dim])?));
-        self.record(&linear.weight, ParamInfo::new(&wn, ParamKind::Parameter, Layout::Transposed, &[3 * dim, dim]));
+        let linear = linear_from_torch(
+            self.tensor::<2>(&wn, [3 * dim, dim])?,
+            Some(self.tensor::<1>(&bn, [3 * dim])?),
+        );
+        self.record(
+            &linear.weight,
+            ParamInfo::new(&wn, ParamKind::Parameter, Layout::Transposed, &[3 * dim, dim]),
+        );
         if let Some(b) = &linear.bias {
             self.record(b, ParamInfo::new(&bn, ParamKind::Parameter, Layout::Same, &[3 * dim]));
         }
@@ -262,20 +316,38 @@ impl Loader {
             let bias = b.next().expect("3 chunks");
             let (w, info) = if self.contains(&fused) {
                 let w = self.tensor::<2>(&fused, [3 * dim, dim])?.narrow(0, i * dim, dim);
-                (w, ParamInfo::new(&fused, ParamKind::Parameter, Layout::TransposedRows { start: i * dim, len: dim }, &[3 * dim, dim]))
+                (
+                    w,
+                    ParamInfo::new(
+                        &fused,
+                        ParamKind::Parameter,
+                        Layout::TransposedRows { start: i * dim, len: dim },
+                        &[3 * dim, dim],
+                    ),
+                )
             } else {
                 let name = format!("{prefix}.{own}");
-                (self.tensor::<2>(&name, [dim, width])?, ParamInfo::new(&name, ParamKind::Parameter, Layout::Transposed, &[dim, width]))
+                (
+                    self.tensor::<2>(&name, [dim, width])?,
+                    ParamInfo::new(&name, ParamKind::Parameter, Layout::Transposed, &[dim, width]),
+                )
             };
             let linear = linear_from_torch(w, Some(bias));
             self.record(&linear.weight, info);
             if let Some(bias) = &linear.bias {
                 let layout = Layout::Slice { start: i * dim, len: dim };
-                self.record(bias, ParamInfo::new(&bias_name, ParamKind::Parameter, layout, &[3 * dim]));
+                self.record(
+                    bias,
+                    ParamInfo::new(&bias_name, ParamKind::Parameter, layout, &[3 * dim]),
+                );
             }
             Ok(linear)
         };
-        Ok(SplitQkv { q: part(0, dim, "q_proj_weight")?, k: part(1, kdim, "k_proj_weight")?, v: part(2, kdim, "v_proj_weight")? })
+        Ok(SplitQkv {
+            q: part(0, dim, "q_proj_weight")?,
+            k: part(1, kdim, "k_proj_weight")?,
+            v: part(2, kdim, "v_proj_weight")?,
+        })
     }
 }
 
@@ -286,7 +358,8 @@ pub fn linear_from_torch(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Linear {
 
 /// Deterministic pseudo-random N(0, 0.02²) values seeded by the tensor name.
 fn random_values(name: &str, n: usize) -> Vec<f32> {
-    let mut state = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let mut state =
+        name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
     let mut next = move || {
         state ^= state << 13;
         state ^= state >> 7;

@@ -89,7 +89,11 @@ impl ParamInfo {
     pub fn module(&self) -> &str {
         match self.kind {
             ParamKind::Parameter => &self.tensor,
-            _ => self.tensor.strip_suffix(".weight").or_else(|| self.tensor.strip_suffix(".bias")).unwrap_or(&self.tensor),
+            _ => self
+                .tensor
+                .strip_suffix(".weight")
+                .or_else(|| self.tensor.strip_suffix(".bias"))
+                .unwrap_or(&self.tensor),
         }
     }
 }
@@ -120,9 +124,20 @@ impl ParamNames {
     /// e.g. a classification head, so that LoRA can target it and name it.
     pub fn register_linear(&mut self, linear: &Linear, module: &str) {
         let [d_in, d_out] = linear.weight.val().dims();
-        self.insert(linear.weight.id, ParamInfo::new(&format!("{module}.weight"), ParamKind::Linear, Layout::Transposed, &[d_out, d_in]));
+        self.insert(
+            linear.weight.id,
+            ParamInfo::new(
+                &format!("{module}.weight"),
+                ParamKind::Linear,
+                Layout::Transposed,
+                &[d_out, d_in],
+            ),
+        );
         if let Some(b) = &linear.bias {
-            self.insert(b.id, ParamInfo::new(&format!("{module}.bias"), ParamKind::Bias, Layout::Same, &[d_out]));
+            self.insert(
+                b.id,
+                ParamInfo::new(&format!("{module}.bias"), ParamKind::Bias, Layout::Same, &[d_out]),
+            );
         }
     }
 

@@ -156,7 +156,9 @@ impl SafeTensors {
         })?;
         let raw = self.read_raw(info)?;
         let values = match dtype {
-            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F32 => {
+                raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
             Dtype::F16 => raw
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -185,7 +187,9 @@ impl SafeTensors {
                 let mut buf = vec![0u8; len];
                 file.seek(SeekFrom::Start(self.data_start + info.start))
                     .and_then(|_| file.read_exact(&mut buf))
-                    .map_err(|e| Error::format(&self.name, format!("cannot read tensor data: {e}")))?;
+                    .map_err(|e| {
+                        Error::format(&self.name, format!("cannot read tensor data: {e}"))
+                    })?;
                 Ok(buf)
             }
         }
@@ -204,7 +208,12 @@ fn check_header_len(name: &str, header_len: u64, file_len: u64) -> Result<()> {
     Ok(())
 }
 
-fn parse_tensor_info(file: &str, key: &str, value: &serde_json::Value, data_len: u64) -> Result<TensorInfo> {
+fn parse_tensor_info(
+    file: &str,
+    key: &str,
+    value: &serde_json::Value,
+    data_len: u64,
+) -> Result<TensorInfo> {
     let bad = |msg: &str| Error::format(file, format!("tensor '{key}': {msg}"));
     let dtype_name = value.get("dtype").and_then(|v| v.as_str()).ok_or_else(|| bad("no dtype"))?;
     let shape: Vec<usize> = value
@@ -214,9 +223,15 @@ fn parse_tensor_info(file: &str, key: &str, value: &serde_json::Value, data_len:
         .iter()
         .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| bad("shape is not a list of sizes")))
         .collect::<Result<_>>()?;
-    let offsets = value.get("data_offsets").and_then(|v| v.as_array()).ok_or_else(|| bad("no data_offsets"))?;
+    let offsets = value
+        .get("data_offsets")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| bad("no data_offsets"))?;
     let (start, end) = match offsets.as_slice() {
-        [a, b] => (a.as_u64().ok_or_else(|| bad("bad offset"))?, b.as_u64().ok_or_else(|| bad("bad offset"))?),
+        [a, b] => (
+            a.as_u64().ok_or_else(|| bad("bad offset"))?,
+            b.as_u64().ok_or_else(|| bad("bad offset"))?,
+        ),
         _ => return Err(bad("data_offsets must hold two numbers")),
     };
     if start > end || end > data_len {
