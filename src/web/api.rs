@@ -21,7 +21,9 @@ use crate::model::{Model, ModelFiles};
 use crate::preprocess::{decode_rgb, preprocess, to_batch_tensor, DEFAULT_MAX_PIXELS};
 use crate::retrieval::{matrix_from_host, matrix_to_host_async, top_k_async, Corpus};
 use crate::weights::SafeTensors;
-use crate::zeroshot::{class_embeddings, default_templates, parse_templates, prompts, zero_shot_probs};
+use crate::zeroshot::{
+    class_embeddings, default_templates, parse_templates, prompts, zero_shot_probs,
+};
 
 /// Images per forward pass of the image encoder.
 const IMAGE_BATCH: usize = 16;
@@ -187,7 +189,12 @@ fn content_key(bytes: &[u8]) -> String {
 
 /// Image embeddings (before normalisation) in input order, or why an image could not be read.
 /// Images already embedded by this model (same bytes) come from the cache.
-async fn image_rows(loaded: &Loaded, images: &[Vec<u8>], names: &[String], progress: &Progress) -> Result<Vec<Result<Rc<Vec<f32>>, String>>, JsError> {
+async fn image_rows(
+    loaded: &Loaded,
+    images: &[Vec<u8>],
+    names: &[String],
+    progress: &Progress,
+) -> Result<Vec<Result<Rc<Vec<f32>>, String>>, JsError> {
     let keys: Vec<String> = images.iter().map(|b| content_key(b)).collect();
     let mut errors: HashMap<&str, String> = HashMap::new();
     let mut todo: Vec<usize> = Vec::new();
@@ -218,7 +225,10 @@ async fn image_rows(loaded: &Loaded, images: &[Vec<u8>], names: &[String], progr
             }
         }
         if !pixels.is_empty() {
-            let embeds = loaded.model.encode_images(to_batch_tensor(&pixels, crop, &loaded.device)).map_err(err)?;
+            let embeds = loaded
+                .model
+                .encode_images(to_batch_tensor(&pixels, crop, &loaded.device))
+                .map_err(err)?;
             let (values, [_, dim]) = matrix_to_host_async(embeds).await.map_err(err)?;
             let mut cache = loaded.image_cache.borrow_mut();
             for (&i, row) in done.iter().zip(values.chunks(dim)) {
@@ -238,11 +248,17 @@ async fn image_rows(loaded: &Loaded, images: &[Vec<u8>], names: &[String], progr
 }
 
 /// Text embeddings `[texts.len(), D]` (before normalisation) as host rows, in batches.
-async fn text_rows(model: &Model, texts: &[String], stage: &str, progress: &Progress) -> Result<Vec<f32>, JsError> {
+async fn text_rows(
+    model: &Model,
+    texts: &[String],
+    stage: &str,
+    progress: &Progress,
+) -> Result<Vec<f32>, JsError> {
     let mut values = Vec::with_capacity(texts.len() * model.embed_dim);
     progress.report(stage, 0, texts.len());
     for chunk in texts.chunks(TEXT_BATCH) {
-        let (v, _) = matrix_to_host_async(model.encode_texts(chunk).map_err(err)?).await.map_err(err)?;
+        let (v, _) =
+            matrix_to_host_async(model.encode_texts(chunk).map_err(err)?).await.map_err(err)?;
         values.extend(v);
         progress.report(stage, values.len() / model.embed_dim.max(1), texts.len());
     }
@@ -292,7 +308,8 @@ pub async fn zero_shot(
     let progress = Progress(progress);
     let loaded = loaded()?;
     with_text(&loaded, "zero-shot classification")?;
-    let classes: Vec<String> = classes.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+    let classes: Vec<String> =
+        classes.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
     if classes.len() < 2 {
         return Err(js_error("zero-shot needs at least two class names"));
     }
@@ -304,19 +321,27 @@ pub async fn zero_shot(
     let images = images_from_js(&images);
     let model = &loaded.model;
 
-    let mut per_class = Vec::with_capacity(classes.len());
-    let class_prompts = prompts(&classes, &templates);
-    for (c, p) in class_prompts.iter().enumerate() {
-        per_class.push(model.encode_texts(p).map_err(err)?);
-        progress.report("classes", c + 1, classes.len());
+    // Every prompt of every class in as few forward passes as possible (each pass has a fixed
+    // cost on WebGPU), then split per class on the device.
+    let all: Vec<String> = prompts(&classes, &templates).into_iter().flatten().collect();
+    let mut chunks = Vec::new();
+    for (i, chunk) in all.chunks(TEXT_BATCH).enumerate() {
+        chunks.push(model.encode_texts(chunk).map_err(err)?);
+        progress.report("classes", (i * TEXT_BATCH + chunk.len()).min(all.len()), all.len());
     }
+    let all = Tensor::cat(chunks, 0);
+    let t = templates.len();
+    let per_class = (0..classes.len()).map(|c| all.clone().slice(c * t..(c + 1) * t)).collect();
     let class_embeds = class_embeddings(per_class).map_err(err)?;
 
     let rows = image_rows(&loaded, &images, &names, &progress).await?;
     let ok: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_ok()).collect();
     let mut probs: HashMap<usize, Vec<f32>> = HashMap::new();
     for block in ok.chunks(SCORE_BLOCK) {
-        let values: Vec<f32> = block.iter().flat_map(|&i| rows[i].as_ref().expect("ok rows").iter().copied()).collect();
+        let values: Vec<f32> = block
+            .iter()
+            .flat_map(|&i| rows[i].as_ref().expect("ok rows").iter().copied())
+            .collect();
         let embeds = matrix_from_host(&values, model.embed_dim, &loaded.device).map_err(err)?;
         let p = zero_shot_probs(embeds, class_embeds.clone(), model.logit_scale).map_err(err)?;
         let (values, [_, c]) = matrix_to_host_async(p).await.map_err(err)?;
@@ -329,11 +354,19 @@ pub async fn zero_shot(
         .enumerate()
         .map(|(i, name)| match (&rows[i], probs.remove(&i)) {
             (Ok(_), Some(p)) => {
-                let prediction = crate::metrics::argmax_rows(std::slice::from_ref(&p)).first().copied();
+                let prediction =
+                    crate::metrics::argmax_rows(std::slice::from_ref(&p)).first().copied();
                 ImageProbs { name, probs: p, prediction, error: None }
             }
-            (Err(e), _) => ImageProbs { name, probs: vec![], prediction: None, error: Some(e.clone()) },
-            (Ok(_), None) => ImageProbs { name, probs: vec![], prediction: None, error: Some("not scored".into()) },
+            (Err(e), _) => {
+                ImageProbs { name, probs: vec![], prediction: None, error: Some(e.clone()) }
+            }
+            (Ok(_), None) => ImageProbs {
+                name,
+                probs: vec![],
+                prediction: None,
+                error: Some("not scored".into()),
+            },
         })
         .collect();
     to_js(&ZeroShotResult { classes, templates, images, elapsed_ms: now_ms() - start })
@@ -365,7 +398,11 @@ pub struct ImageEmbedding {
 /// Embeds images: resolves to `{dim, images: [{name, embedding, error}], elapsed_ms}` with the
 /// projected features before L2 normalisation, as `clipit embed` prints them.
 #[wasm_bindgen]
-pub async fn embed_images(images: Vec<Uint8Array>, names: Option<Vec<String>>, progress: Option<Function>) -> JsResult {
+pub async fn embed_images(
+    images: Vec<Uint8Array>,
+    names: Option<Vec<String>>,
+    progress: Option<Function>,
+) -> JsResult {
     #[derive(Serialize)]
     struct Out {
         dim: usize,
@@ -432,7 +469,12 @@ pub struct ImageHits {
 }
 
 /// The corpus's text embeddings for the loaded model, from the cache when it holds them.
-async fn corpus_embeds(loaded: &Loaded, bytes: &[u8], name: &str, progress: &Progress) -> Result<Rc<CorpusEmbeds>, JsError> {
+async fn corpus_embeds(
+    loaded: &Loaded,
+    bytes: &[u8],
+    name: &str,
+    progress: &Progress,
+) -> Result<Rc<CorpusEmbeds>, JsError> {
     let corpus = Corpus::parse(bytes, name).map_err(err)?;
     let key = corpus.hash(&loaded.model.name);
     if let Some(c) = loaded.corpus.borrow().as_ref().filter(|c| c.key == key) {
@@ -485,9 +527,14 @@ pub async fn retrieve(
     let mut hits: HashMap<usize, Vec<(usize, f32)>> = HashMap::new();
     let dim = loaded.model.embed_dim;
     for block in ok.chunks(SCORE_BLOCK) {
-        let values: Vec<f32> = block.iter().flat_map(|&i| rows[i].as_ref().expect("ok rows").iter().copied()).collect();
+        let values: Vec<f32> = block
+            .iter()
+            .flat_map(|&i| rows[i].as_ref().expect("ok rows").iter().copied())
+            .collect();
         let embeds: Tensor<2> = matrix_from_host(&values, dim, &loaded.device).map_err(err)?;
-        let top = top_k_async(embeds, reports.embeds.clone(), k.min(reports.corpus.len())).await.map_err(err)?;
+        let top = top_k_async(embeds, reports.embeds.clone(), k.min(reports.corpus.len()))
+            .await
+            .map_err(err)?;
         hits.extend(block.iter().copied().zip(top));
     }
     let c = &reports.corpus;
@@ -500,7 +547,12 @@ pub async fn retrieve(
                 hits: h
                     .into_iter()
                     .enumerate()
-                    .map(|(r, (j, score))| Hit { id: c.ids[j].clone(), text: c.texts[j].clone(), score, rank: r + 1 })
+                    .map(|(r, (j, score))| Hit {
+                        id: c.ids[j].clone(),
+                        text: c.texts[j].clone(),
+                        score,
+                        rank: r + 1,
+                    })
                     .collect(),
                 error: None,
             },
@@ -508,5 +560,9 @@ pub async fn retrieve(
             (Ok(_), None) => ImageHits { name, hits: vec![], error: Some("not scored".into()) },
         })
         .collect();
-    to_js(&Out { corpus: CorpusInfo { name: corpus_name, reports: c.len() }, images, elapsed_ms: now_ms() - start })
+    to_js(&Out {
+        corpus: CorpusInfo { name: corpus_name, reports: c.len() },
+        images,
+        elapsed_ms: now_ms() - start,
+    })
 }

@@ -1,7 +1,7 @@
 //! Choosing the device: WebGPU through burn-wgpu when the browser offers a usable adapter,
 //! otherwise burn-flex on the CPU, with the reason.
 
-use burn::tensor::wgpu::wgpu;
+use burn::tensor::wgpu::{wgpu, WgpuInitError};
 use burn::tensor::Device;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -53,7 +53,9 @@ pub struct AdapterInfo {
 pub async fn init(prefer: Option<String>) -> Result<JsValue, JsError> {
     let prefer = prefer.unwrap_or_else(|| "auto".into()).trim().to_ascii_lowercase();
     if !matches!(prefer.as_str(), "auto" | "webgpu" | "cpu") {
-        return Err(js_error(format!("unknown backend preference '{prefer}' (auto, webgpu or cpu)")));
+        return Err(js_error(format!(
+            "unknown backend preference '{prefer}' (auto, webgpu or cpu)"
+        )));
     }
     let previous = state::engine();
     let mut webgpu = previous.as_ref().and_then(|e| e.webgpu.clone());
@@ -99,7 +101,8 @@ fn describe(engine: &Engine) -> BackendInfo {
 /// Whether the worker's global scope exposes `navigator.gpu`.
 fn has_navigator_gpu() -> bool {
     let global = js_sys::global();
-    let navigator = js_sys::Reflect::get(&global, &"navigator".into()).unwrap_or(JsValue::UNDEFINED);
+    let navigator =
+        js_sys::Reflect::get(&global, &"navigator".into()).unwrap_or(JsValue::UNDEFINED);
     if navigator.is_undefined() || navigator.is_null() {
         return false;
     }
@@ -112,10 +115,15 @@ async fn try_webgpu() -> Result<WebGpu, String> {
     if !has_navigator_gpu() {
         return Err("this browser does not offer WebGPU here (navigator.gpu is missing)".into());
     }
-    let (device, setup) = Device::wgpu_options()
-        .init_with_setup_async()
-        .await
-        .map_err(|e| format!("no usable WebGPU adapter: {e}"))?;
+    let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(|e| {
+        web_sys::console::warn_1(&format!("clipit: WebGPU initialisation failed: {e}").into());
+        match e {
+            WgpuInitError::AdapterUnavailable { .. } => {
+                "the browser offers no WebGPU adapter (WebGPU may be disabled, or the GPU blocklisted)".to_string()
+            }
+            other => format!("WebGPU could not start: {other}"),
+        }
+    })?;
     let info = setup.adapter.get_info();
     let limits = setup.device.limits();
     check_limits(&limits)?;
@@ -131,9 +139,15 @@ async fn try_webgpu() -> Result<WebGpu, String> {
 fn check_limits(limits: &wgpu::Limits) -> Result<(), String> {
     for &(name, min) in REQUIRED_LIMITS {
         let have = match name {
-            "maxStorageBuffersPerShaderStage" => u64::from(limits.max_storage_buffers_per_shader_stage),
-            "maxComputeInvocationsPerWorkgroup" => u64::from(limits.max_compute_invocations_per_workgroup),
-            "maxComputeWorkgroupStorageSize" => u64::from(limits.max_compute_workgroup_storage_size),
+            "maxStorageBuffersPerShaderStage" => {
+                u64::from(limits.max_storage_buffers_per_shader_stage)
+            }
+            "maxComputeInvocationsPerWorkgroup" => {
+                u64::from(limits.max_compute_invocations_per_workgroup)
+            }
+            "maxComputeWorkgroupStorageSize" => {
+                u64::from(limits.max_compute_workgroup_storage_size)
+            }
             _ => limits.max_storage_buffer_binding_size,
         };
         if have < min {
@@ -145,7 +159,11 @@ fn check_limits(limits: &wgpu::Limits) -> Result<(), String> {
 
 /// The device a model of these weights should load on, and why it is the CPU when WebGPU was
 /// chosen: a tensor larger than the adapter can bind in one buffer.
-pub fn device_for(engine: &Engine, largest_tensor_bytes: u64, largest_name: &str) -> (Device, BackendKind, Option<String>) {
+pub fn device_for(
+    engine: &Engine,
+    largest_tensor_bytes: u64,
+    largest_name: &str,
+) -> (Device, BackendKind, Option<String>) {
     match (&engine.backend, &engine.webgpu) {
         (BackendKind::WebGpu, Some(Ok(g))) => {
             let limit = g.max_binding.min(g.max_buffer);

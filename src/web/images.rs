@@ -23,7 +23,8 @@ pub fn thumbnail(bytes: &[u8], name: &str, max_side: u32) -> Result<JsValue, JsE
     let img = decode_rgb(bytes, name, DEFAULT_MAX_PIXELS).map_err(js_error)?;
     let (w, h) = img.dimensions();
     let scale = (max_side.max(1) as f64 / w.max(h) as f64).min(1.0);
-    let (tw, th) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+    let (tw, th) =
+        (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
     let small = if (tw, th) == (w, h) { img } else { resize_bicubic(&img, tw, th) };
     let rgba: Vec<u8> = small.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
     let out = to_js(&Out { width: tw, height: th, source_width: w, source_height: h })?;

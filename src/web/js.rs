@@ -57,7 +57,8 @@ pub fn files_from_js(files: &JsValue) -> Result<BTreeMap<String, Arc<[u8]>>, JsE
     let mut out = BTreeMap::new();
     let mut full_names: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in entries {
-        let path = key.as_string().ok_or_else(|| js_error("load_model: file names must be strings"))?;
+        let path =
+            key.as_string().ok_or_else(|| js_error("load_model: file names must be strings"))?;
         let name = path.rsplit(['/', '\\']).next().unwrap_or(&path).to_string();
         if let Some(first) = full_names.insert(name.clone(), path.clone()) {
             return Err(js_error(format!(
@@ -93,7 +94,12 @@ impl Progress {
     /// Reports progress; a callback that throws is ignored.
     pub fn report(&self, stage: &str, done: usize, total: usize) {
         if let Some(f) = &self.0 {
-            let _ = f.call3(&JsValue::NULL, &stage.into(), &(done as f64).into(), &(total as f64).into());
+            let _ = f.call3(
+                &JsValue::NULL,
+                &stage.into(),
+                &(done as f64).into(),
+                &(total as f64).into(),
+            );
         }
     }
 }

@@ -22,7 +22,9 @@ mod state;
 
 use wasm_bindgen::prelude::*;
 
-pub use api::{classify, embed_images, embed_texts, load_model, model_info, retrieve, unload_model, zero_shot};
+pub use api::{
+    classify, embed_images, embed_texts, load_model, model_info, retrieve, unload_model, zero_shot,
+};
 pub use device::{backend_info, init};
 pub use images::{default_templates, thumbnail};
 
