@@ -426,9 +426,7 @@ pub fn load_adapter<M: Module>(
     module: M,
     names: &ParamNames,
 ) -> Result<(M, LoraConfig, AttachReport)> {
-    let adapters = LoraAdapters::load(path)?;
-    let (module, report) = adapters.attach(module, names)?;
-    Ok((module, adapters.config, report))
+    attach_all(LoraAdapters::load(path)?, module, names)
 }
 
 /// Writes the adapters of `module` as peft's folder (see [`LoraAdapters::export_peft`]).
@@ -448,7 +446,15 @@ pub fn import_peft<M: Module>(
     module: M,
     names: &ParamNames,
 ) -> Result<(M, LoraConfig, AttachReport)> {
-    let adapters = LoraAdapters::import_peft(dir)?;
+    attach_all(LoraAdapters::import_peft(dir)?, module, names)
+}
+
+/// Attaches every adapter and returns the module, the adapters' config and the report.
+fn attach_all<M: Module>(
+    adapters: LoraAdapters,
+    module: M,
+    names: &ParamNames,
+) -> Result<(M, LoraConfig, AttachReport)> {
     let (module, report) = adapters.attach(module, names)?;
     Ok((module, adapters.config, report))
 }

@@ -16,10 +16,10 @@ use wasm_bindgen::prelude::*;
 
 use super::device::device_for;
 use super::js::{files_from_js, image_names, images_from_js, js_error, now_ms, to_js, Progress};
-use super::state::{self, CorpusEmbeds, Loaded};
+use super::state::{self, Loaded};
 use crate::model::{Model, ModelFiles};
 use crate::preprocess::{decode_rgb, preprocess, to_batch_tensor, DEFAULT_MAX_PIXELS};
-use crate::retrieval::{matrix_from_host, matrix_to_host_async, top_k_async, Corpus};
+use crate::retrieval::{matrix_from_host, matrix_to_host_async};
 use crate::weights::SafeTensors;
 use crate::zeroshot::{
     class_embeddings, default_templates, parse_templates, prompts, zero_shot_probs,
@@ -30,11 +30,11 @@ const IMAGE_BATCH: usize = 16;
 /// Texts per forward pass of the text encoder.
 const TEXT_BATCH: usize = 32;
 /// Images scored against the classes or the corpus at once.
-const SCORE_BLOCK: usize = 1024;
+pub(super) const SCORE_BLOCK: usize = 1024;
 
-type JsResult = Result<JsValue, JsError>;
+pub(super) type JsResult = Result<JsValue, JsError>;
 
-fn err(e: crate::Error) -> JsError {
+pub(super) fn err(e: crate::Error) -> JsError {
     js_error(e)
 }
 
@@ -168,11 +168,11 @@ pub fn unload_model() {
     state::set_model(None);
 }
 
-fn loaded() -> Result<Rc<Loaded>, JsError> {
+pub(super) fn loaded() -> Result<Rc<Loaded>, JsError> {
     state::model().ok_or_else(|| js_error("no model is loaded: load a checkpoint folder first"))
 }
 
-fn with_text(loaded: &Loaded, what: &str) -> Result<(), JsError> {
+pub(super) fn with_text(loaded: &Loaded, what: &str) -> Result<(), JsError> {
     if loaded.model.has_text() {
         Ok(())
     } else {
@@ -189,7 +189,7 @@ fn content_key(bytes: &[u8]) -> String {
 
 /// Image embeddings (before normalisation) in input order, or why an image could not be read.
 /// Images already embedded by this model (same bytes) come from the cache.
-async fn image_rows(
+pub(super) async fn image_rows(
     loaded: &Loaded,
     images: &[Vec<u8>],
     names: &[String],
@@ -248,7 +248,7 @@ async fn image_rows(
 }
 
 /// Text embeddings `[texts.len(), D]` (before normalisation) as host rows, in batches.
-async fn text_rows(
+pub(super) async fn text_rows(
     model: &Model,
     texts: &[String],
     stage: &str,
@@ -442,127 +442,4 @@ pub async fn embed_texts(texts: Vec<String>, progress: Option<Function>) -> JsRe
     let dim = loaded.model.embed_dim;
     let embeddings = values.chunks(dim.max(1)).map(<[f32]>::to_vec).collect();
     to_js(&Out { dim, embeddings, elapsed_ms: now_ms() - start })
-}
-
-/// One retrieved report.
-#[derive(Serialize)]
-pub struct Hit {
-    /// The report's id in the corpus.
-    pub id: String,
-    /// The report's text.
-    pub text: String,
-    /// Cosine similarity.
-    pub score: f32,
-    /// 1 for the best report.
-    pub rank: usize,
-}
-
-/// One image's retrieved reports.
-#[derive(Serialize)]
-pub struct ImageHits {
-    /// The image's name.
-    pub name: String,
-    /// The top-k reports, best first (empty when the image could not be read).
-    pub hits: Vec<Hit>,
-    /// Why the image could not be read.
-    pub error: Option<String>,
-}
-
-/// The corpus's text embeddings for the loaded model, from the cache when it holds them.
-async fn corpus_embeds(
-    loaded: &Loaded,
-    bytes: &[u8],
-    name: &str,
-    progress: &Progress,
-) -> Result<Rc<CorpusEmbeds>, JsError> {
-    let corpus = Corpus::parse(bytes, name).map_err(err)?;
-    let key = corpus.hash(&loaded.model.name);
-    if let Some(c) = loaded.corpus.borrow().as_ref().filter(|c| c.key == key) {
-        return Ok(c.clone());
-    }
-    let values = text_rows(&loaded.model, &corpus.texts, "reports", progress).await?;
-    let embeds = matrix_from_host(&values, loaded.model.embed_dim, &loaded.device).map_err(err)?;
-    let c = Rc::new(CorpusEmbeds { key, corpus: Rc::new(corpus), embeds });
-    *loaded.corpus.borrow_mut() = Some(c.clone());
-    Ok(c)
-}
-
-/// CLIP-IT retrieval: the `k` reports of the corpus (plain text, one report per line, or JSONL
-/// `{"id", "text"}`; `corpus_name` names it in errors) most similar to each image by cosine.
-/// The corpus's embeddings are kept for the next call with the same corpus and model.
-/// Resolves to `{corpus: {name, reports}, images: [{name, hits: [{id, text, score, rank}],
-/// error}], elapsed_ms}`.
-#[wasm_bindgen]
-pub async fn retrieve(
-    images: Vec<Uint8Array>,
-    names: Option<Vec<String>>,
-    corpus: Uint8Array,
-    corpus_name: Option<String>,
-    k: usize,
-    progress: Option<Function>,
-) -> JsResult {
-    #[derive(Serialize)]
-    struct CorpusInfo {
-        name: String,
-        reports: usize,
-    }
-    #[derive(Serialize)]
-    struct Out {
-        corpus: CorpusInfo,
-        images: Vec<ImageHits>,
-        elapsed_ms: f64,
-    }
-    let start = now_ms();
-    let progress = Progress(progress);
-    let loaded = loaded()?;
-    with_text(&loaded, "report retrieval")?;
-    if k == 0 {
-        return Err(js_error("retrieve: k must be at least 1"));
-    }
-    let corpus_name = corpus_name.unwrap_or_else(|| "reports".into());
-    let reports = corpus_embeds(&loaded, &corpus.to_vec(), &corpus_name, &progress).await?;
-    let names = image_names(names, images.len())?;
-    let rows = image_rows(&loaded, &images_from_js(&images), &names, &progress).await?;
-    let ok: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_ok()).collect();
-    let mut hits: HashMap<usize, Vec<(usize, f32)>> = HashMap::new();
-    let dim = loaded.model.embed_dim;
-    for block in ok.chunks(SCORE_BLOCK) {
-        let values: Vec<f32> = block
-            .iter()
-            .flat_map(|&i| rows[i].as_ref().expect("ok rows").iter().copied())
-            .collect();
-        let embeds: Tensor<2> = matrix_from_host(&values, dim, &loaded.device).map_err(err)?;
-        let top = top_k_async(embeds, reports.embeds.clone(), k.min(reports.corpus.len()))
-            .await
-            .map_err(err)?;
-        hits.extend(block.iter().copied().zip(top));
-    }
-    let c = &reports.corpus;
-    let images = names
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| match (&rows[i], hits.remove(&i)) {
-            (Ok(_), Some(h)) => ImageHits {
-                name,
-                hits: h
-                    .into_iter()
-                    .enumerate()
-                    .map(|(r, (j, score))| Hit {
-                        id: c.ids[j].clone(),
-                        text: c.texts[j].clone(),
-                        score,
-                        rank: r + 1,
-                    })
-                    .collect(),
-                error: None,
-            },
-            (Err(e), _) => ImageHits { name, hits: vec![], error: Some(e.clone()) },
-            (Ok(_), None) => ImageHits { name, hits: vec![], error: Some("not scored".into()) },
-        })
-        .collect();
-    to_js(&Out {
-        corpus: CorpusInfo { name: corpus_name, reports: c.len() },
-        images,
-        elapsed_ms: now_ms() - start,
-    })
 }

@@ -18,15 +18,17 @@ mod api;
 mod device;
 mod images;
 mod js;
+mod reports;
 mod state;
 
 use wasm_bindgen::prelude::*;
 
 pub use api::{
-    classify, embed_images, embed_texts, load_model, model_info, retrieve, unload_model, zero_shot,
+    classify, embed_images, embed_texts, load_model, model_info, unload_model, zero_shot,
 };
 pub use device::{backend_info, init};
 pub use images::{default_templates, thumbnail};
+pub use reports::retrieve;
 
 /// Installs the panic hook so Rust panics reach the browser console.
 #[wasm_bindgen(start)]
