@@ -2,22 +2,13 @@
 //! convert, and clear errors (non-zero exit, no panic) on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{clipit, root};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
-}
-
-fn clipit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipit"))
-        .args(args)
-        .env("XDG_CACHE_HOME", std::env::temp_dir())
-        .output()
-        .expect("run clipit")
 }
 
 fn stderr(out: &Output) -> String {

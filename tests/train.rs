@@ -3,19 +3,10 @@
 //! a run must resume after an interruption, and eval/classify must read the run folder.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn clipit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipit"))
-        .args(args)
-        .env("XDG_CACHE_HOME", std::env::temp_dir())
-        .output()
-        .expect("run clipit")
-}
+mod common;
+use common::{clipit, root};
 
 fn ok(out: Output) -> Output {
     assert!(out.status.success(), "clipit failed: {}", String::from_utf8_lossy(&out.stderr));
