@@ -265,9 +265,26 @@ async function runScenario(sc, port) {
   return timings;
 }
 
+// The server: MIME types and the Content-Security-Policy.
+async function checkServer(port) {
+  log('\n== server');
+  const base = `http://127.0.0.1:${port}`;
+  const want = { '/': 'text/html', '/app.js': 'text/javascript', '/worker.js': 'text/javascript', '/style.css': 'text/css', '/pkg/clipit.js': 'text/javascript', '/pkg/clipit_bg.wasm': 'application/wasm' };
+  for (const [url, type] of Object.entries(want)) {
+    const r = await fetch(base + url, { method: 'HEAD' });
+    check(r.status === 200 && (r.headers.get('content-type') || '').startsWith(type), `${url} is served as ${type}`);
+  }
+  const csp = (await fetch(`${base}/`, { method: 'HEAD' })).headers.get('content-security-policy') || '';
+  check(/default-src 'self'/.test(csp) && /'wasm-unsafe-eval'/.test(csp), `the page has a Content-Security-Policy: ${csp}`);
+  check((await fetch(`${base}/serve.py`, { method: 'HEAD' })).status === 404, 'files of other types are not served');
+  const outside = await Promise.all(['/../Cargo.toml', '/pkg/..%2f..%2fCargo.toml', '/%2e%2e/build.sh'].map((u) => fetch(base + u, { method: 'HEAD' })));
+  check(outside.every((r) => r.status === 404), 'nothing outside www/ and pkg/ is served');
+}
+
 const { proc, port } = await startServer();
 const all = {};
 try {
+  await checkServer(port);
   for (const sc of SCENARIOS.filter((s) => ONLY.includes(s.name))) {
     try {
       all[sc.name] = await runScenario(sc, port);
