@@ -138,6 +138,13 @@ async function initBackend() {
   try {
     app.backend = await call('init', { prefer });
   } catch (err) {
+    if (prefer === 'webgpu') {
+      // WebGPU was asked for and is unusable: say so, and go back to the automatic choice.
+      $('#backend').value = 'auto';
+      const ok = await initBackend();
+      setStatus(`${err.message}; using ${app.backend && app.backend.backend === 'webgpu' ? 'WebGPU' : 'the CPU'}.`, 'error');
+      return ok;
+    }
     app.backend = null;
     $('#backend-badge').textContent = 'No engine';
     setStatus(`Could not start the engine: ${err.message}`, 'error');
@@ -197,6 +204,9 @@ function renderModel() {
     ['Input', `${m.image_size} × ${m.image_size} px, patch ${m.patch_size}`],
     ['Text encoder', m.has_text ? `yes (context ${m.context_length})` : 'no: image features only'],
     ['Backend', m.backend === 'webgpu' ? 'WebGPU' : 'CPU (WebAssembly)'],
+    ...(m.backend === 'webgpu' && app.backend && app.backend.gpu
+      ? [['Adapter', `${[app.backend.gpu.vendor, app.backend.gpu.architecture].filter(Boolean).join(' ') || 'unnamed'}${app.backend.gpu.isFallbackAdapter ? ' (software fallback)' : ''}`]]
+      : []),
     ['Loaded in', fmtMs(m.load_ms)],
   ];
   const reason = m.reason || (app.backend && app.backend.backend === 'cpu' ? app.backend.reason : null);
@@ -569,7 +579,12 @@ async function main() {
   document.body.dataset.busy = '1';
   if (await initBackend()) {
     const b = app.backend;
-    setStatus(b.backend === 'webgpu' ? 'Ready: WebGPU is available. Load a model to begin.' : `Ready on the CPU (${b.reason}). Load a model to begin.`);
+    const software = b.backend === 'webgpu' && b.gpu && b.gpu.isFallbackAdapter;
+    setStatus(
+      b.backend === 'webgpu'
+        ? `Ready: WebGPU is available${software ? ' through a software adapter, which can be slower than the CPU for large models (switch “Compute on” to CPU if so)' : ''}. Load a model to begin.`
+        : `Ready on the CPU (${b.reason}). Load a model to begin.`,
+    );
   }
   document.body.dataset.ready = app.backend ? '1' : 'error';
   document.body.dataset.busy = '0';

@@ -37,8 +37,8 @@ CSP = (
 
 def make_handler(www, pkg):
     class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "clipit"
-        sys_version = ""
+        def version_string(self):
+            return "clipit"
 
         def log_message(self, fmt, *args):
             if os.environ.get("CLIPIT_SERVE_QUIET") != "1":

@@ -7,6 +7,8 @@
 //     drops tests/data/tiles on the page, picks the report corpus, and checks the exported CSV's
 //     probabilities and the retrieved reports against the native CLI (1e-3);
 //   - loads tests/fixtures/conch through the multiple-file picker and checks it the same way;
+//   - drops tests/fixtures/hf_clip_gelu (float16 weights) on the model panel and checks it;
+//   - loads a vision-only timm ViT and checks that zero-shot is disabled;
 //   - opens a tile's detail view and saves screenshots in $E2E_OUT (default /tmp).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -159,19 +161,20 @@ async function compareHits(page, ref, label) {
   check(maxDiff <= TOL, `${label}: report scores match the CLI (max |diff| ${maxDiff.toExponential(2)})`);
 }
 
-async function dropTiles(page) {
-  const files = fs.readdirSync(TILES).filter((f) => /\.(png|jpe?g|tiff?)$/i.test(f)).sort();
-  const payload = files.map((f) => ({ name: f, b64: fs.readFileSync(path.join(TILES, f)).toString('base64') }));
-  await page.evaluate((items) => {
-    const dt = new DataTransfer();
-    for (const { name, b64 } of items) {
-      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-      dt.items.add(new File([bytes], name));
-    }
-    const zone = document.querySelector('#tile-drop');
-    zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
-    zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
-  }, payload);
+// Drops every file of `dir` on a drop zone (as files: a synthetic drop carries no folders).
+async function dropFiles(page, selector, dir) {
+  const files = fs.readdirSync(dir).sort();
+  const payload = files.map((f) => ({ name: f, b64: fs.readFileSync(path.join(dir, f)).toString('base64') }));
+  await page.evaluate(
+    ([selector, items]) => {
+      const dt = new DataTransfer();
+      for (const { name, b64 } of items) dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name));
+      const zone = document.querySelector(selector);
+      zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    },
+    [selector, payload],
+  );
   return files.length;
 }
 
@@ -207,7 +210,7 @@ async function runScenario(sc, port) {
     check((await page.textContent('#model-info')).includes('open_clip CLIP'), 'the model panel shows the architecture');
     timings.open_clip_load_ms = m1.load_ms;
 
-    const n = await dropTiles(page);
+    const n = await dropFiles(page, '#tile-drop', TILES);
     await page.waitForFunction((n) => window.clipitApp.tiles.length === n, n, { timeout: 60000 });
     await idle(page, 'drop tiles + first classification');
     timings.open_clip_first_classify_ms = await page.evaluate(() => window.clipitApp.timings.classify);
@@ -254,6 +257,21 @@ async function runScenario(sc, port) {
     const csv2 = await exportCsv(page);
     compareProbs(csv2, cliProbs(path.join(REF, 'conch.csv')), 'CONCH zero-shot');
     await compareHits(page, cliPairs(path.join(REF, 'conch_pairs.jsonl')), 'CONCH retrieval');
+
+    // A Hugging Face CLIPModel with float16 weights, dropped on the model panel as files.
+    await dropFiles(page, '#model-drop', path.join(ROOT, 'tests/fixtures/hf_clip_gelu'));
+    await page.waitForFunction(() => window.clipitApp.model && window.clipitApp.model.architecture === 'Hugging Face CLIPModel', null, { timeout: STEP_TIMEOUT });
+    await idle(page, 'drop a Hugging Face CLIP + classify + retrieve');
+    timings.hf_clip_classify_ms = await page.evaluate(() => window.clipitApp.timings.classify);
+    compareProbs(await exportCsv(page), cliProbs(path.join(REF, 'hf_clip.csv')), 'HF CLIP (f16) zero-shot');
+
+    // A vision-only timm backbone: it loads, and the page says it cannot classify zero-shot.
+    const timmDir = path.join(ROOT, 'tests/fixtures/timm_vit_small');
+    await page.setInputFiles('#model-files', fs.readdirSync(timmDir).map((f) => path.join(timmDir, f)));
+    await page.waitForFunction(() => window.clipitApp.model && window.clipitApp.model.architecture === 'timm ViT', null, { timeout: STEP_TIMEOUT });
+    await idle(page, 'load a timm ViT');
+    check(await page.isDisabled('#classify'), 'zero-shot is disabled for a model without a text encoder');
+    check((await page.textContent('#model-info')).includes('image features only'), 'the model panel says it has no text encoder');
   } finally {
     await context.close();
     fs.rmSync(userDataDir, { recursive: true, force: true });

@@ -48,6 +48,8 @@ log "native references (clipit zero-shot and retrieve on the CPU)"
   --templates "$REF/templates.txt" --out "$REF/open_clip.csv" >/dev/null
 "$CLI" zero-shot --model tests/fixtures/conch --images tests/data/tiles --classes "$CLASSES" \
   --out "$REF/conch.csv" >/dev/null
+"$CLI" zero-shot --model tests/fixtures/hf_clip_gelu --images tests/data/tiles --classes "$CLASSES" \
+  --out "$REF/hf_clip.csv" >/dev/null
 for m in open_clip conch; do
   "$CLI" retrieve --model "tests/fixtures/$m" --images tests/data/tiles --reports data/reports/demo_reports.jsonl \
     --top-k 3 --out "$REF/${m}_pairs.jsonl" --no-cache 2>/dev/null
