@@ -258,7 +258,24 @@ impl LoraAdapters {
     /// The safetensors bytes in peft's layout (`base_model.model.<module>.lora_A.weight`...,
     /// f32), with `metadata` (peft writes `{"format": "pt"}`).
     pub fn to_safetensors(&self, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
-        let tensors = self.peft_tensors();
+        self.to_safetensors_with(&[], metadata)
+    }
+
+    /// [`LoraAdapters::to_safetensors`] plus `extra` tensors (e.g. trained heads) in the same
+    /// file; their names must not start with [`PEFT_PREFIX`].
+    pub fn to_safetensors_with(
+        &self,
+        extra: &[(String, HostTensor)],
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<u8>> {
+        let mut tensors = self.peft_tensors();
+        for (name, t) in extra {
+            if name.starts_with(PEFT_PREFIX) || t.values.len() != t.shape.iter().product::<usize>()
+            {
+                return Err(Error::msg(format!("extra tensor '{name}' is malformed or reserved")));
+            }
+            tensors.push((name.clone(), t));
+        }
         let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| t.little_endian()).collect();
         let views = tensors
             .iter()
@@ -276,10 +293,21 @@ impl LoraAdapters {
     /// Reads the adapters of a safetensors file in peft's layout (keys
     /// `base_model.model.<module>.lora_{A,B}.weight` or `.lora_embedding_{A,B}`), with `config`.
     pub fn from_safetensors(st: &SafeTensors, config: LoraConfig) -> Result<Self> {
+        Self::from_safetensors_skipping(st, config, None)
+    }
+
+    /// [`LoraAdapters::from_safetensors`], ignoring the tensors whose names start with `skip`
+    /// (the extra tensors of [`LoraAdapters::to_safetensors_with`]).
+    pub fn from_safetensors_skipping(
+        st: &SafeTensors,
+        config: LoraConfig,
+        skip: Option<&str>,
+    ) -> Result<Self> {
         let bad = |msg: String| Error::format(st.name(), msg);
         let mut parts: BTreeMap<String, (Option<HostTensor>, Option<HostTensor>, bool)> =
             BTreeMap::new();
-        for key in st.tensors().keys() {
+        let keys = st.tensors().keys().filter(|k| skip.is_none_or(|p| !k.starts_with(p)));
+        for key in keys {
             let rest = key.strip_prefix(PEFT_PREFIX).unwrap_or(key);
             let (module, which, embedding) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
                 (m, 0, false)
@@ -347,7 +375,16 @@ impl LoraAdapters {
 
     /// The bytes [`LoraAdapters::save`] writes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut meta = HashMap::new();
+        self.to_bytes_with(&[], HashMap::new())
+    }
+
+    /// [`LoraAdapters::to_bytes`] with `extra` tensors and metadata in the same file (see
+    /// [`LoraAdapters::to_safetensors_with`]); [`LoraAdapters::from_safetensors_with_extra`] reads it.
+    pub fn to_bytes_with(
+        &self,
+        extra: &[(String, HostTensor)],
+        mut meta: HashMap<String, String>,
+    ) -> Result<Vec<u8>> {
         meta.insert("format".to_string(), "pt".to_string());
         meta.insert(
             CONFIG_METADATA_KEY.to_string(),
@@ -357,20 +394,26 @@ impl LoraAdapters {
             PEFT_CONFIG_METADATA_KEY.to_string(),
             self.config.peft_config_json(&self.target_modules()).to_string(),
         );
-        self.to_safetensors(meta)
+        self.to_safetensors_with(extra, meta)
     }
 
     /// Reads a file written by [`LoraAdapters::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        Self::from_safetensors_with_config(&SafeTensors::open(path)?)
+        Self::from_safetensors_with_config(&SafeTensors::open(path)?, None)
     }
 
     /// Reads the bytes of a file written by [`LoraAdapters::save`] (`name` is used in errors).
     pub fn from_bytes(bytes: Arc<[u8]>, name: &str) -> Result<Self> {
-        Self::from_safetensors_with_config(&SafeTensors::from_bytes(bytes, name)?)
+        Self::from_safetensors_with_config(&SafeTensors::from_bytes(bytes, name)?, None)
     }
 
-    fn from_safetensors_with_config(st: &SafeTensors) -> Result<Self> {
+    /// The adapters of a file written by [`LoraAdapters::to_bytes_with`], ignoring the extra
+    /// tensors (whose names start with `skip`).
+    pub fn from_safetensors_with_extra(st: &SafeTensors, skip: &str) -> Result<Self> {
+        Self::from_safetensors_with_config(st, Some(skip))
+    }
+
+    fn from_safetensors_with_config(st: &SafeTensors, skip: Option<&str>) -> Result<Self> {
         let json = st.metadata().get(CONFIG_METADATA_KEY).ok_or_else(|| {
             Error::format(
                 st.name(),
@@ -380,7 +423,7 @@ impl LoraAdapters {
         let config: LoraConfig = serde_json::from_str(json)
             .map_err(|e| Error::format(st.name(), format!("invalid LoRA config: {e}")))?;
         config.validate().map_err(|e| Error::format(st.name(), e.to_string()))?;
-        Self::from_safetensors(st, config)
+        Self::from_safetensors_skipping(st, config, skip)
     }
 
     /// Writes peft's folder layout: `adapter_model.safetensors` (metadata `{"format": "pt"}`) and

@@ -3,11 +3,13 @@
 
 pub mod augment;
 pub mod checkpoint;
+pub mod classifier;
 pub mod data;
 pub mod heads;
 pub mod optim;
 mod pairing;
 pub mod plot;
 pub mod run;
+pub mod session;
 pub mod split;
 pub mod trainer;

@@ -43,14 +43,9 @@ pub fn trainable_count<M: Module>(module: &M) -> usize {
     c.0
 }
 
-/// Scales all gradients so that their global L2 norm is at most `max_norm`
-/// (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, applied when below 1).
-/// Returns the norm before clipping.
-pub fn clip_global_norm<M: Module>(
-    module: &M,
-    grads: GradientsParams,
-    max_norm: Option<f64>,
-) -> (GradientsParams, f64) {
+/// The squared global L2 norm of the gradients of `module`'s parameters, on the device (no read):
+/// `None` when no parameter has a gradient.
+pub fn grad_norm_squared<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
     struct SumSquares<'a> {
         grads: &'a GradientsParams,
         total: Option<Tensor<1>>,
@@ -66,6 +61,20 @@ pub fn clip_global_norm<M: Module>(
             }
         }
     }
+    let mut sum = SumSquares { grads, total: None };
+    module.visit(&mut sum);
+    sum.total
+}
+
+/// Scales all gradients so that their global L2 norm, `norm` (read from [`grad_norm_squared`]),
+/// is at most `max_norm` (`clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, applied when
+/// below 1).
+pub fn clip_to_norm<M: Module>(
+    module: &M,
+    mut grads: GradientsParams,
+    norm: f64,
+    max_norm: Option<f64>,
+) -> GradientsParams {
     struct Scale<'a> {
         grads: &'a mut GradientsParams,
         coef: f64,
@@ -77,17 +86,25 @@ pub fn clip_global_norm<M: Module>(
             }
         }
     }
-    let mut sum = SumSquares { grads: &grads, total: None };
-    module.visit(&mut sum);
-    let norm = sum.total.map_or(0.0, |t| f64::from(t.into_scalar::<f32>()).sqrt());
-    let mut grads = grads;
     if let Some(max) = max_norm {
         let coef = max / (norm + 1e-6);
         if coef < 1.0 {
             module.visit(&mut Scale { grads: &mut grads, coef });
         }
     }
-    (grads, norm)
+    grads
+}
+
+/// [`grad_norm_squared`] then [`clip_to_norm`], reading the norm synchronously (native only; the
+/// trainer's async step reads it with the loss instead). Returns the norm before clipping.
+pub fn clip_global_norm<M: Module>(
+    module: &M,
+    grads: GradientsParams,
+    max_norm: Option<f64>,
+) -> (GradientsParams, f64) {
+    let norm =
+        grad_norm_squared(module, &grads).map_or(0.0, |t| f64::from(t.into_scalar::<f32>()).sqrt());
+    (clip_to_norm(module, grads, norm, max_norm), norm)
 }
 
 /// Learning rate at `step` of `total` under PyTorch's `CosineAnnealingLR(T_max, eta_min)`.

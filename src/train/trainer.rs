@@ -8,7 +8,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::heads::{clipit_loss, cross_entropy, ClipItModel};
-use super::optim::{adam, clip_global_norm, cosine_lr};
+use super::optim::{adam, clip_to_norm, cosine_lr, grad_norm_squared};
 use crate::{Error, Result};
 
 /// Hyperparameters; the defaults are the paper's (official code's).
@@ -190,27 +190,79 @@ impl<M: Module> Trainer<M> {
     }
 
     /// One optimisation step. A non-finite loss stops training with an error naming the step,
-    /// leaving the model as it was before the step.
+    /// leaving the model as it was before the step. Reads the step's values synchronously (native
+    /// only); [`Trainer::step_async`] is the browser's version.
     pub fn step(
         &mut self,
         epoch: usize,
         loss: impl FnOnce(&M) -> Result<LossParts>,
     ) -> Result<StepLog> {
+        let pending = self.begin_step(loss)?;
+        let values = pending.values.clone().try_into_data();
+        let values = values.map_err(|e| Error::msg(format!("reading the loss: {e}")))?;
+        self.finish_step(epoch, pending, values)
+    }
+
+    /// [`Trainer::step`] with an asynchronous read of the step's values (the only read wasm
+    /// allows).
+    pub async fn step_async(
+        &mut self,
+        epoch: usize,
+        loss: impl FnOnce(&M) -> Result<LossParts>,
+    ) -> Result<StepLog> {
+        let pending = self.begin_step(loss)?;
+        let values = pending.values.clone().into_data_async().await;
+        let values = values.map_err(|e| Error::msg(format!("reading the loss: {e}")))?;
+        self.finish_step(epoch, pending, values)
+    }
+
+    /// The device part of a step, before anything is read: the loss, its gradients and the
+    /// values to log, gathered in one tensor so that they cross to the host in one read.
+    fn begin_step(&self, loss: impl FnOnce(&M) -> Result<LossParts>) -> Result<PendingStep> {
         let parts = loss(&self.model)?;
-        let value = f64::from(parts.total.clone().detach().into_scalar::<f32>());
-        if !value.is_finite() {
+        let total = parts.total.clone().detach();
+        let grads = GradientsParams::from_grads(parts.total.backward(), &self.model);
+        let device = total.device();
+        let zero = || Tensor::<1>::zeros([1], &device);
+        let kd = parts.kd.map(|k| k.reshape([1])).unwrap_or_else(zero);
+        let norm_sq = grad_norm_squared(&self.model, &grads).map(|n| n.reshape([1]));
+        let values = Tensor::cat(
+            vec![total.reshape([1]), parts.ce.reshape([1]), kd, norm_sq.unwrap_or_else(zero)],
+            0,
+        );
+        Ok(PendingStep { grads, values })
+    }
+
+    /// The host part of a step, once its values are read: the finite-loss check, clipping and
+    /// the optimiser's update.
+    fn finish_step(
+        &mut self,
+        epoch: usize,
+        pending: PendingStep,
+        values: TensorData,
+    ) -> Result<StepLog> {
+        let v = values
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::msg(format!("reading the loss: {e:?}")))?;
+        let [loss, ce, kd, norm_sq] = [v[0], v[1], v[2], v[3]].map(f64::from);
+        if !loss.is_finite() {
             return Err(Error::msg(format!(
-                "loss is {value} at step {}: training stopped; the last checkpoint is kept",
+                "loss is {loss} at step {}: training stopped; the last checkpoint is kept",
                 self.step + 1
             )));
         }
-        let grads = GradientsParams::from_grads(parts.total.backward(), &self.model);
-        let (grads, grad_norm) = clip_global_norm(&self.model, grads, self.opts.grad_clip);
+        let grad_norm = norm_sq.sqrt();
+        let grads = clip_to_norm(&self.model, pending.grads, grad_norm, self.opts.grad_clip);
         let lr = self.current_lr();
         self.model = self.optim.step(lr, self.model.clone(), grads);
         self.step += 1;
-        let ce = f64::from(parts.ce.into_scalar::<f32>());
-        let kd = parts.kd.map_or(0.0, |k| f64::from(k.into_scalar::<f32>()));
-        Ok(StepLog { step: self.step, epoch, loss: value, ce, kd, grad_norm, lr })
+        Ok(StepLog { step: self.step, epoch, loss, ce, kd, grad_norm, lr })
     }
+}
+
+/// A step whose loss and gradients are computed but not yet read or applied.
+struct PendingStep {
+    grads: GradientsParams,
+    /// `[loss, ce, kd, squared gradient norm]`.
+    values: Tensor<1>,
 }
