@@ -1,5 +1,8 @@
 // The page: drives the engine in worker.js with postMessage and shows the results.
-// Plain JavaScript, no framework; every file stays on this machine.
+// Plain JavaScript, no framework; every file stays on this machine. The Train panel lives in
+// train.js and the demo bundle in demo.js; both get the helpers below through `ctx`.
+import { initTrain } from './train.js';
+import { findDemo, loadDemo } from './demo.js';
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
@@ -26,6 +29,8 @@ const app = {
   tiles: [], // {id, name, file, url, probs, prediction, hits, error}
   classes: [], // the classes of the last classification
   corpus: null, // {name, file}
+  trained: null, // the trained or imported classifier the Tiles panel uses, or null (zero-shot)
+  demo: null, // the demo bundle's index, when the server has one
   timings: {}, // milliseconds of the last operations, by name
   busy: 0,
   call,
@@ -86,6 +91,7 @@ async function restartWorker(reason) {
   await initBackend();
   await sendTiles(app.tiles);
   if (app.corpus) await sendCorpus(app.corpus.file);
+  await train.resend();
   setStatus(`The engine stopped after an internal error (${reason}) and was restarted: load the model again.`, 'error');
 }
 
@@ -173,8 +179,10 @@ async function loadModel(name, files) {
     return;
   }
   app.modelFiles = { name, files: wanted };
-  // The engine frees the previous model before loading the next one.
+  // The engine frees the previous model (and its trained classifier) before loading the next one.
   app.model = null;
+  app.trained = null;
+  train.onModelChanged();
   renderModel();
   await busy(`Loading ${name}`, async () => {
     const buffers = await Promise.all(wanted.map((f) => f.arrayBuffer()));
@@ -188,6 +196,7 @@ async function loadModel(name, files) {
     setStatus(`Loaded ${name} (${app.model.architecture}) on ${app.model.backend === 'webgpu' ? 'WebGPU' : 'the CPU'} in ${fmtMs(app.model.load_ms)}.`);
   });
   if (app.tiles.length && app.model.has_text) await classify();
+  train.onModelChanged();
 }
 
 function renderModel() {
@@ -284,7 +293,7 @@ async function addTiles(list) {
   await sendTiles(tiles);
   renderGrid();
   setStatus(`Added ${tiles.length} tile(s)${skipped ? `; skipped ${skipped} file(s) that are not images` : ''}.`);
-  if (app.model && app.model.has_text) await classify().catch(() => {});
+  if (app.model && (app.model.has_text || app.trained)) await classify().catch(() => {});
 }
 
 async function clearTiles() {
@@ -371,7 +380,7 @@ function renderGrid() {
 
 function updateButtons() {
   const idle = app.busy === 0;
-  $('#classify').disabled = !idle || !app.model || !app.model.has_text || !app.tiles.length;
+  $('#classify').disabled = !idle || !app.model || !(app.model.has_text || app.trained) || !app.tiles.length;
   $('#export').disabled = !app.tiles.some((t) => t.probs || t.hits);
   $('#clear-tiles').disabled = !idle || !app.tiles.length;
 }
@@ -385,12 +394,12 @@ async function classify() {
   if (!app.model || !app.tiles.length) return;
   const classes = lines($('#classes').value);
   const templates = lines($('#templates').value);
-  if (classes.length < 2) {
+  if (classes.length < 2 && !app.trained) {
     setStatus('Give at least two class names, one per line.', 'error');
     return;
   }
   await busy('Classifying', async (onProgress) => {
-    const r = await call('zeroShot', { classes, templates }, { onProgress });
+    const r = app.trained ? await call('classifyTrained', {}, { onProgress }) : await call('zeroShot', { classes, templates }, { onProgress });
     app.classes = r.classes;
     app.timings.classify = r.elapsed_ms;
     const byId = new Map(app.tiles.map((t) => [t.id, t]));
@@ -398,7 +407,7 @@ async function classify() {
       const t = byId.get(img.name);
       if (t) Object.assign(t, { probs: img.probs.length ? img.probs : null, prediction: img.prediction ?? null, error: img.error || null });
     }
-    let msg = `Classified ${r.images.length} tile(s) into ${r.classes.length} classes in ${fmtMs(r.elapsed_ms)}.`;
+    let msg = `Classified ${r.images.length} tile(s) into ${r.classes.length} classes ${app.trained ? 'with the trained model' : 'zero-shot'} in ${fmtMs(r.elapsed_ms)}.`;
     if (app.corpus) {
       const k = Math.max(1, Math.min(20, Number($('#topk').value) || 3));
       const h = await call('retrieve', { k }, { onProgress });
@@ -417,6 +426,14 @@ async function classify() {
 async function sendCorpus(file) {
   const buffer = await file.arrayBuffer();
   await call('setCorpus', { name: file.name, buffer }, { transfer: [buffer] });
+}
+
+async function setCorpus(file) {
+  app.corpus = { name: file.name, file };
+  $('#corpus-name').textContent = `${file.name} (${(file.size / 1024).toFixed(1)} kB)`;
+  await sendCorpus(file);
+  for (const t of app.tiles) t.hits = null;
+  train.onModelChanged();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,13 +564,11 @@ function wire() {
     const file = e.target.files[0];
     e.target.value = '';
     if (!file) return;
-    app.corpus = { name: file.name, file };
-    $('#corpus-name').textContent = `${file.name} (${(file.size / 1024).toFixed(1)} kB)`;
-    await sendCorpus(file);
-    for (const t of app.tiles) t.hits = null;
+    await setCorpus(file);
     if (app.model && app.tiles.length) await classify().catch(() => {});
     else setStatus(`Report corpus ${file.name} ready.`);
   });
+  $('#load-demo').addEventListener('click', () => loadDemo(ctx, app.demo).catch((err) => setStatus(`Loading the demo failed: ${err.message}`, 'error')));
   for (const id of ['#sort', '#filter-class']) $(id).addEventListener('change', renderGrid);
   $('#filter-text').addEventListener('input', renderGrid);
   $('#export').addEventListener('click', exportCsv);
@@ -589,6 +604,15 @@ async function main() {
   document.body.dataset.ready = app.backend ? '1' : 'error';
   document.body.dataset.busy = '0';
   updateButtons();
+  app.demo = await findDemo();
+  $('#demo-box').hidden = !app.demo;
+  const auto = new URLSearchParams(location.search).get('demo') !== '0';
+  if (app.demo && app.backend && auto) await loadDemo(ctx, app.demo).catch((err) => setStatus(`Loading the demo failed: ${err.message}`, 'error'));
+  document.body.dataset.demo = app.demo ? 'loaded' : 'none';
 }
+
+// What train.js and demo.js use.
+const ctx = { app, $, el, call, busy, setStatus, fmtMs, loadModel, addTiles, setCorpus, classify, renderGrid, updateButtons, entriesOf };
+const train = initTrain(ctx);
 
 main();

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""Serves the clipit page on 127.0.0.1 only: www/ at / and pkg/ (wasm-bindgen's output) at /pkg/.
+"""Serves the clipit page on 127.0.0.1 only: www/ at /, pkg/ (wasm-bindgen's output) at /pkg/ and
+the demo bundle (data/demo/) at /demo/.
 
-    python3 www/serve.py [--port 8080] [--root REPO]
+    python3 www/serve.py [--port 8080] [--root REPO] [--demo DIR]
+
+The demo bundle is an open_clip folder `model/`, a report corpus `reports.jsonl` and labelled
+tiles `tiles/<class>/<image>`; `/demo/index.json` lists them (404 when there is no bundle), so
+the page can offer and auto-load it.
 
 Only files with a known type are served, with the right MIME type (application/wasm for the
 module, text/javascript for the worker) and a Content-Security-Policy that lets the page talk to
@@ -9,6 +14,7 @@ this origin only. Port 0 picks a free port; the first line on stdout says which.
 """
 import argparse
 import http.server
+import json
 import os
 import posixpath
 import sys
@@ -23,6 +29,11 @@ MIME = {
     ".json": "application/json",
     ".svg": "image/svg+xml",
     ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".safetensors": "application/octet-stream",
     ".ico": "image/x-icon",
     ".txt": "text/plain; charset=utf-8",
     ".jsonl": "text/plain; charset=utf-8",
@@ -35,7 +46,31 @@ CSP = (
 )
 
 
-def make_handler(www, pkg):
+IMAGE_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def demo_index(demo):
+    """The demo bundle's files as JSON bytes, or None when there is no usable bundle."""
+    model = os.path.join(demo, "model")
+    if not os.path.isdir(model):
+        return None
+    files = sorted(f for f in os.listdir(model) if os.path.isfile(os.path.join(model, f)) and not f.startswith("."))
+    if not any(f.endswith(".safetensors") for f in files):
+        return None
+    tiles = {}
+    tiles_dir = os.path.join(demo, "tiles")
+    if os.path.isdir(tiles_dir):
+        for cls in sorted(os.listdir(tiles_dir)):
+            d = os.path.join(tiles_dir, cls)
+            if os.path.isdir(d) and not cls.startswith("."):
+                imgs = sorted(f for f in os.listdir(d) if f.lower().endswith(IMAGE_EXT))
+                if imgs:
+                    tiles[cls] = imgs
+    reports = "reports.jsonl" if os.path.isfile(os.path.join(demo, "reports.jsonl")) else None
+    return json.dumps({"name": "Demo model", "model": files, "reports": reports, "tiles": tiles}).encode()
+
+
+def make_handler(www, pkg, demo):
     class Handler(http.server.BaseHTTPRequestHandler):
         def version_string(self):
             return "clipit"
@@ -52,6 +87,8 @@ def make_handler(www, pkg):
             root = www
             if path == "/pkg" or path.startswith("/pkg/"):
                 root, path = pkg, path[len("/pkg"):]
+            elif path == "/demo" or path.startswith("/demo/"):
+                root, path = demo, path[len("/demo"):]
             parts = [p for p in path.split("/") if p and p not in (".", "..")]
             full = os.path.join(root, *parts)
             if not os.path.realpath(full).startswith(os.path.realpath(root) + os.sep):
@@ -72,6 +109,13 @@ def make_handler(www, pkg):
             self.end_headers()
 
         def do_GET(self, head=False):
+            if urllib.parse.urlsplit(self.path).path == "/demo/index.json":
+                body = demo_index(demo)
+                if body is not None:
+                    self.send_common(200, MIME[".json"], len(body))
+                    if not head:
+                        self.wfile.write(body)
+                    return
             full, ctype = self.resolve()
             if full is None:
                 body = b"not found\n"
@@ -96,11 +140,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--root", default=os.path.dirname(here), help="the repository (holds www/ and pkg/)")
+    ap.add_argument("--demo", help="the demo bundle folder (default: ROOT/data/demo)")
     args = ap.parse_args()
     www, pkg = os.path.join(args.root, "www"), os.path.join(args.root, "pkg")
+    demo = args.demo or os.path.join(args.root, "data", "demo")
     if not os.path.isfile(os.path.join(pkg, "clipit_bg.wasm")):
         print(f"warning: {pkg}/clipit_bg.wasm is missing: run ./build.sh web", file=sys.stderr)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(www, pkg))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(www, pkg, demo))
     print(f"serving clipit on http://127.0.0.1:{server.server_address[1]}/", flush=True)
     try:
         server.serve_forever()

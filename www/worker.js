@@ -6,6 +6,7 @@ import wasmInit, * as clipit from './pkg/clipit.js';
 
 const tiles = new Map(); // tile id -> {name, bytes: Uint8Array}
 let corpus = null; // {name, bytes: Uint8Array}
+let labelled = null; // training tiles: {classes, names, labels: Uint32Array, bytes: Uint8Array[]}
 let crashed = null; // set after a Rust panic: the module cannot be trusted any more
 
 const ready = wasmInit();
@@ -99,6 +100,46 @@ const handlers = {
   modelInfo() {
     return clipit.model_info();
   },
+
+  // The Train panel: labelled tiles (class = index into classes), then a step-wise session.
+  setLabelled({ classes, items }) {
+    labelled = items && items.length
+      ? { classes, names: items.map((t) => t.name), labels: Uint32Array.from(items.map((t) => t.label)), bytes: items.map((t) => new Uint8Array(t.buffer)) }
+      : null;
+    return { count: labelled ? labelled.names.length : 0 };
+  },
+
+  async trainPrepare({ options }, progress) {
+    if (!labelled) throw new Error('add labelled tiles (one sub-folder per class) first');
+    if (!corpus) throw new Error('pick a report corpus (step 3) first: CLIP-IT pairs each tile with a report');
+    return clipit.train_prepare(labelled.bytes, labelled.names, labelled.labels, labelled.classes, corpus.bytes, corpus.name, options, progress);
+  },
+
+  trainStep({ n }) {
+    return clipit.train_step(n || 1);
+  },
+
+  trainStop() {
+    return clipit.train_stop();
+  },
+
+  async classifyTrained({ ids }, progress) {
+    const sel = selection(ids);
+    return clipit.classify_trained(sel.bytes, sel.ids, progress);
+  },
+
+  exportAdapter() {
+    return clipit.export_adapter();
+  },
+
+  importAdapter({ name, buffer }) {
+    return clipit.import_adapter(new Uint8Array(buffer), name);
+  },
+
+  forgetClassifier() {
+    clipit.forget_classifier();
+    return null;
+  },
 };
 
 let queue = Promise.resolve();
@@ -117,7 +158,7 @@ async function handle({ id, type, args }) {
     if (!handler) throw new Error(`unknown request ${type}`);
     const t0 = performance.now();
     const result = await handler(args || {}, progress);
-    const transfer = result && result.rgba ? [result.rgba.buffer] : [];
+    const transfer = result instanceof Uint8Array ? [result.buffer] : result && result.rgba ? [result.rgba.buffer] : [];
     post({ id, ok: true, result, ms: performance.now() - t0 }, transfer);
   } catch (err) {
     // A Rust panic surfaces as a WebAssembly RuntimeError (e.g. "unreachable").

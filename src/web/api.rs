@@ -148,6 +148,8 @@ pub async fn load_model(files: JsValue, name: Option<String>) -> JsResult {
         reason,
         image_cache: Default::default(),
         corpus: Default::default(),
+        training: Default::default(),
+        classifier: Default::default(),
     });
     state::set_model(Some(loaded.clone()));
     to_js(&info_of(&loaded, now_ms() - start))

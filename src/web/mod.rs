@@ -7,7 +7,9 @@
 //!    fallback adapters included, and otherwise the CPU backend (burn-flex), saying why;
 //! 2. [`load_model`]: a checkpoint folder given as file name → bytes;
 //! 3. [`zero_shot`] (alias [`classify`]), [`retrieve`], [`embed_images`], [`embed_texts`];
-//!    [`thumbnail`] draws images the browser cannot (TIFF).
+//!    [`thumbnail`] draws images the browser cannot (TIFF);
+//! 4. the Train panel: [`train_prepare`], then [`train_step`] a few steps at a time, [`train_stop`];
+//!    [`classify_trained`] with the result; [`export_adapter`] / [`import_adapter`].
 //!
 //! Everything runs on the user's device: nothing here opens a connection. Image embeddings are
 //! cached per model by content hash, and the report corpus's text embeddings per corpus, so that
@@ -20,6 +22,7 @@ mod images;
 mod js;
 mod reports;
 mod state;
+mod train;
 
 use wasm_bindgen::prelude::*;
 
@@ -29,6 +32,10 @@ pub use api::{
 pub use device::{backend_info, init};
 pub use images::{default_templates, thumbnail};
 pub use reports::retrieve;
+pub use train::{
+    classify_trained, export_adapter, forget_classifier, import_adapter, train_prepare, train_step,
+    train_stop,
+};
 
 /// Installs the panic hook so Rust panics reach the browser console.
 #[wasm_bindgen(start)]

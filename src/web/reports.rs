@@ -38,7 +38,7 @@ pub struct ImageHits {
 }
 
 /// The corpus's text embeddings for the loaded model, from the cache when it holds them.
-async fn corpus_embeds(
+pub(super) async fn corpus_embeds(
     loaded: &Loaded,
     bytes: &[u8],
     name: &str,

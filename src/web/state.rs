@@ -12,6 +12,8 @@ use burn::tensor::{Device, Tensor};
 
 use crate::model::Model;
 use crate::retrieval::Corpus;
+use crate::train::classifier::Classifier;
+use crate::train::session::TrainSession;
 
 /// Which backend a device runs on, as the page names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,10 @@ pub struct Loaded {
     pub image_cache: RefCell<HashMap<String, Rc<Vec<f32>>>>,
     /// The last corpus's text embeddings.
     pub corpus: RefCell<Option<Rc<CorpusEmbeds>>>,
+    /// The training session in progress on this model (taken out while a step runs).
+    pub training: RefCell<Option<TrainSession>>,
+    /// The trained (or imported) classifier that the Tiles panel uses instead of zero-shot.
+    pub classifier: RefCell<Option<Rc<Classifier>>>,
 }
 
 #[derive(Default)]

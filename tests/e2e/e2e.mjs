@@ -9,8 +9,13 @@
 //   - loads tests/fixtures/conch through the multiple-file picker and checks it the same way;
 //   - drops tests/fixtures/hf_clip_gelu (float16 weights) on the model panel and checks it;
 //   - loads a vision-only timm ViT and checks that zero-shot is disabled;
-//   - opens a tile's detail view and saves screenshots in $E2E_OUT (default /tmp).
-import { spawn } from 'node:child_process';
+//   - opens a tile's detail view and saves screenshots in $E2E_OUT (default /tmp);
+//   - then, on a fresh page: auto-loads the demo bundle ($E2E_DEMO, served at /demo/), picks the
+//     labelled folder, trains a few CLIP-IT steps with a pause in the middle, checks the chart and
+//     the confusion matrix, exports the adapter, checks the page's trained predictions against
+//     the native library's for that file (examples/adapter_predict, 1e-3), imports it back, and
+//     screenshots every panel at 1280×800 and at phone width.
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -28,6 +33,8 @@ const TEMPLATES = fs.readFileSync(path.join(REF, 'templates.txt'), 'utf8').trim(
 const TOP_K = 3;
 const ONLY = (process.env.E2E_SCENARIOS || 'webgpu,cpu').split(',');
 const STEP_TIMEOUT = Number(process.env.E2E_STEP_TIMEOUT_MS || 600000);
+const DEMO = process.env.E2E_DEMO; // a demo bundle folder (run.sh builds one from the fixtures)
+const ADAPTER_PREDICT = process.env.E2E_ADAPTER_PREDICT; // the native adapter_predict example
 
 const BASE_FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const SCENARIOS = [
@@ -91,7 +98,8 @@ function cliPairs(file) {
 }
 
 async function startServer() {
-  const proc = spawn('python3', [path.join(ROOT, 'www/serve.py'), '--port', '0', '--root', ROOT], { env: { ...process.env, CLIPIT_SERVE_QUIET: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const demoArgs = DEMO ? ['--demo', DEMO] : [];
+  const proc = spawn('python3', [path.join(ROOT, 'www/serve.py'), '--port', '0', '--root', ROOT, ...demoArgs], { env: { ...process.env, CLIPIT_SERVE_QUIET: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
   const port = await new Promise((resolve, reject) => {
     let buf = '';
     proc.stdout.on('data', (d) => {
@@ -178,19 +186,32 @@ async function dropFiles(page, selector, dir) {
   return files.length;
 }
 
-async function runScenario(sc, port) {
-  log(`\n== scenario ${sc.name} (expects ${sc.expect})`);
+// A fresh browser for a scenario; every request is recorded for the privacy check.
+async function openBrowser(sc, port, viewport = { width: 1280, height: 900 }) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'clipit-chromium-'));
-  const context = await chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, headless: true, args: sc.flags, acceptDownloads: true, viewport: { width: 1280, height: 900 } });
+  const context = await chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, headless: true, args: sc.flags, acceptDownloads: true, viewport });
   const origin = `http://127.0.0.1:${port}`;
   const requests = [];
   context.on('request', (r) => requests.push(r.url()));
   const page = context.pages()[0] || (await context.newPage());
   page.on('console', (m) => (m.type() === 'error' || process.env.E2E_VERBOSE) && log(`  [console.${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => log(`  [pageerror] ${e.message}`));
+  const close = async () => {
+    await context.close();
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+    const foreign = requests.filter((u) => !(u.startsWith(`${origin}/`) || u.startsWith(`blob:${origin}/`) || u.startsWith('data:')));
+    check(requests.some((u) => u.endsWith('/pkg/clipit_bg.wasm')), `the worker's requests are recorded too (${requests.length} requests)`);
+    check(foreign.length === 0, `no request leaves 127.0.0.1${foreign.length ? `: ${foreign.join(', ')}` : ''}`);
+  };
+  return { page, origin, close };
+}
+
+async function runScenario(sc, port) {
+  log(`\n== scenario ${sc.name} (expects ${sc.expect})`);
+  const { page, origin, close } = await openBrowser(sc, port);
   const timings = {};
   try {
-    await page.goto(`${origin}/`);
+    await page.goto(`${origin}/?demo=0`);
     await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120000 });
     const backend = await page.evaluate(() => window.clipitApp.backend);
     log(`  backend: ${JSON.stringify({ backend: backend.backend, reason: backend.reason, gpu: backend.gpu })}`);
@@ -273,13 +294,114 @@ async function runScenario(sc, port) {
     check(await page.isDisabled('#classify'), 'zero-shot is disabled for a model without a text encoder');
     check((await page.textContent('#model-info')).includes('image features only'), 'the model panel says it has no text encoder');
   } finally {
-    await context.close();
-    fs.rmSync(userDataDir, { recursive: true, force: true });
+    await close();
   }
-  const foreign = requests.filter((u) => !(u.startsWith(`${origin}/`) || u.startsWith(`blob:${origin}/`) || u.startsWith('data:')));
-  check(requests.some((u) => u.endsWith('/pkg/clipit_bg.wasm')), `the worker's requests are recorded too (${requests.length} requests)`);
-  check(foreign.length === 0, `no request leaves 127.0.0.1${foreign.length ? `: ${foreign.join(', ')}` : ''}`);
   log(`  timings (${sc.name}): ${JSON.stringify(Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v)])))}`);
+  return timings;
+}
+
+// The native library's predictions for an adapter file: basename -> probabilities.
+function nativePredictions(adapter) {
+  const out = JSON.parse(execFileSync(ADAPTER_PREDICT, [path.join(DEMO, 'model'), adapter, path.join(DEMO, 'tiles')], { encoding: 'utf8' }));
+  return { classes: out.classes, probs: new Map(out.images.map((i) => [i.name, i.probs])) };
+}
+
+// The Tiles panel's CSV against the native predictions for the same adapter.
+function compareTrained(rows, native, label) {
+  let maxDiff = 0;
+  let n = 0;
+  for (const row of rows) {
+    const want = native.probs.get(path.basename(row.image));
+    if (!want) continue;
+    n++;
+    native.classes.forEach((c, i) => (maxDiff = Math.max(maxDiff, Math.abs(Number(row[c]) - want[i]))));
+  }
+  check(n === native.probs.size && n > 0, `${label}: ${n} tiles compared with the native library (${native.probs.size})`);
+  check(maxDiff <= TOL, `${label}: trained predictions match the native library (max |diff| ${maxDiff.toExponential(2)} <= ${TOL})`);
+}
+
+async function trainingState(page) {
+  return page.evaluate(() => {
+    const t = window.clipitApp.train;
+    return { state: t.state, stepsDone: t.stepsDone, total: t.total, losses: t.losses, vals: t.vals, prep: t.prep, error: t.error, items: t.items.length, classes: t.classes };
+  });
+}
+
+async function runTraining(sc, port) {
+  log(`\n== scenario ${sc.name}: demo bundle, training, adapter export and import`);
+  const { page, origin, close } = await openBrowser(sc, port, { width: 1280, height: 800 });
+  const timings = {};
+  const shot = (name) => path.join(OUT, `clipit-e2e-${sc.name}-${name}.png`);
+  try {
+    await page.goto(`${origin}/`);
+    await page.waitForFunction(() => document.body.dataset.demo, null, { timeout: STEP_TIMEOUT });
+    await idle(page, 'the demo bundle loads on open and classifies its tiles');
+    const m = await page.evaluate(() => window.clipitApp.model);
+    check(m && m.name === 'Demo model' && m.backend === sc.expect, `the demo model is loaded on ${m && m.backend}`);
+    check(await page.isVisible('#load-demo'), 'the page offers "Load the demo model"');
+    check((await page.textContent('#demo-box')).includes('Demo model'), 'the demo is labelled "Demo model"');
+    const classes = fs.readdirSync(path.join(DEMO, 'tiles')).sort();
+    const nTiles = classes.reduce((n, c) => n + fs.readdirSync(path.join(DEMO, 'tiles', c)).length, 0);
+    let st = await trainingState(page);
+    check(st.items === nTiles && st.classes.join() === classes.join(), `the demo's ${nTiles} labelled tiles are in the Train panel (${st.classes.join(', ')})`);
+
+    // The labelled folder picker gives the same data.
+    await page.setInputFiles('#train-folder', path.join(DEMO, 'tiles'));
+    await page.waitForFunction((n) => window.clipitApp.train.items.length === n, nTiles, { timeout: 30000 });
+    check((await page.textContent('#train-data')).includes(`${nTiles} labelled tiles in ${classes.length} classes`), 'the labelled folder picker reads one class per sub-folder');
+
+    for (const [id, v] of Object.entries({ '#hp-epochs': 3, '#hp-batch': 4, '#hp-lr': 0.01, '#hp-val-every': 2 })) await page.fill(id, String(v));
+    await page.evaluate(() => (window.clipitApp.train.maxChunk = 1)); // one step per request, so a pause lands mid-way
+    const t0 = Date.now();
+    await page.click('#train-start');
+    await page.waitForFunction(() => window.clipitApp.train.stepsDone >= 1 || window.clipitApp.train.error, null, { timeout: STEP_TIMEOUT });
+    await page.click('#train-pause');
+    await page.waitForFunction(() => window.clipitApp.train.state === 'paused' && !window.clipitApp.train.looping, null, { timeout: STEP_TIMEOUT });
+    const paused = (await trainingState(page)).stepsDone;
+    await page.waitForTimeout(1500);
+    st = await trainingState(page);
+    check(st.state === 'paused' && st.stepsDone === paused && paused < st.total, `Pause holds the session at step ${paused} of ${st.total}`);
+    check((await page.textContent('#train-pause')) === 'Resume', 'the Pause button turns into Resume');
+    await page.click('#train-pause');
+    await page.waitForFunction(() => ['done', 'idle'].includes(window.clipitApp.train.state), null, { timeout: STEP_TIMEOUT });
+    timings.train_ms = Date.now() - t0;
+    st = await trainingState(page);
+    check(st.state === 'done' && !st.error, `training finished (${st.error || st.state}) in ${timings.train_ms} ms`);
+    check(st.stepsDone === st.total && st.losses.length === st.total && st.losses.every(([, l]) => Number.isFinite(l)), `${st.losses.length} finite losses for ${st.total} steps`);
+    check(st.vals.length >= 2 && st.vals.every(([, a]) => a >= 0 && a <= 1), `${st.vals.length} validations charted`);
+    check((await page.locator('#train-chart polyline.loss-line').count()) === 1, 'the chart draws the loss');
+    const confusion = await page.$$eval('#train-confusion tbody tr', (rows) => rows.map((r) => [...r.querySelectorAll('td')].map((td) => Number(td.textContent))));
+    const cells = confusion.flat().reduce((a, b) => a + b, 0);
+    check(confusion.length === classes.length && cells === st.prep.val, `the confusion matrix is ${confusion.length}×${classes.length} over ${cells} validation tiles`);
+    await idle(page, 'the tiles are classified by the trained model');
+    check(/trained/.test(await page.textContent('#adapter-info')), 'the Train panel says the trained model classifies the tiles');
+
+    // Export the adapter; the native library must read it and predict what the page predicts.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#adapter-export')]);
+    const adapter = path.join(OUT, `clipit-adapter-${sc.name}.safetensors`);
+    await download.saveAs(adapter);
+    check(fs.statSync(adapter).size > 0 && download.suggestedFilename().endsWith('.safetensors'), `exported ${download.suggestedFilename()} (${fs.statSync(adapter).size} bytes)`);
+    const native = nativePredictions(adapter);
+    check(native.classes.join() === classes.join(), 'the native library reads the exported adapter');
+    compareTrained(await exportCsv(page), native, 'trained (exported adapter)');
+    for (const [name, sel] of Object.entries({ model: '#model', tiles: '#tiles', train: '#train', how: '#how' })) await page.locator(sel).screenshot({ path: shot(name) });
+
+    // Back to zero-shot, then import the file again.
+    await page.click('#adapter-forget');
+    await page.waitForFunction(() => !window.clipitApp.trained, null, { timeout: 30000 });
+    await idle(page, 'back to zero-shot');
+    await page.setInputFiles('#adapter-file', adapter);
+    await page.waitForFunction(() => window.clipitApp.trained, null, { timeout: STEP_TIMEOUT });
+    await idle(page, 'import the adapter + classify');
+    compareTrained(await exportCsv(page), native, 'trained (imported adapter)');
+
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.screenshot({ path: shot('phone'), fullPage: true });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(overflow <= 1, `no horizontal scrolling at phone width (${overflow} px)`);
+  } finally {
+    await close();
+  }
   return timings;
 }
 
@@ -306,6 +428,7 @@ try {
   for (const sc of SCENARIOS.filter((s) => ONLY.includes(s.name))) {
     try {
       all[sc.name] = await runScenario(sc, port);
+      if (DEMO) Object.assign(all[sc.name], await runTraining(sc, port));
     } catch (err) {
       failures++;
       log(`  FAIL scenario ${sc.name}: ${err.stack || err}`);

@@ -3,9 +3,12 @@
 #
 #   tests/e2e/run.sh            build the page and the CLI, then test WebGPU and the CPU fallback
 #
-# Environment: E2E_SCENARIOS=webgpu,cpu (which to run), E2E_OUT=/tmp (screenshots, timings),
-# E2E_SKIP_BUILD=1 (use the existing pkg/ and CLI), CHROMIUM=/usr/bin/chromium.
-# Needs Debian's chromium (installed here when missing and running as root), node and npm.
+# Environment: E2E_SCENARIOS=webgpu,cpu (which to run), E2E_OUT (screenshots, timings, exported
+# adapters; default $CARGO_TARGET_DIR/e2e), E2E_SKIP_BUILD=1 (use the existing pkg/, CLI and
+# example), E2E_DEMO=DIR (a demo bundle; default: one built from the test fixtures),
+# CHROMIUM=/usr/bin/chromium.
+# Needs Debian's chromium, node and npm: installed here when missing and running as root with
+# apt-get; otherwise it fails (it never skips silently).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -22,8 +25,16 @@ if [ ! -x "$CHROMIUM" ]; then
     exit 1
   fi
 fi
-command -v node >/dev/null || { echo "node not found" >&2; exit 1; }
-if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing node and npm"
+    apt-get install -y -qq nodejs npm >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null)
+  else
+    echo "node and npm are needed for the end-to-end test (apt-get install nodejs npm)" >&2
+    exit 1
+  fi
+fi
+if [ ! -d tests/e2e/node_modules/playwright-core ] || [ tests/e2e/package-lock.json -nt tests/e2e/node_modules/.package-lock.json ]; then
   log "installing playwright-core (no browser download)"
   (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
@@ -32,10 +43,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipit/target}"
 if [ "${E2E_SKIP_BUILD:-0}" != 1 ]; then
   ./build.sh web
   ./build.sh cli
+  log "building the adapter_predict example (native predictions for exported adapters)"
+  cargo build --features wgpu --example adapter_predict
 fi
 [ -f pkg/clipit_bg.wasm ] || { echo "pkg/clipit_bg.wasm is missing: run ./build.sh web" >&2; exit 1; }
 CLI="$CARGO_TARGET_DIR/debug/clipit"
 [ -x "$CLI" ] || { echo "$CLI is missing: run ./build.sh cli" >&2; exit 1; }
+ADAPTER_PREDICT="$CARGO_TARGET_DIR/debug/examples/adapter_predict"
+[ -x "$ADAPTER_PREDICT" ] || { echo "$ADAPTER_PREDICT is missing: cargo build --features wgpu --example adapter_predict" >&2; exit 1; }
+E2E_OUT="${E2E_OUT:-$CARGO_TARGET_DIR/e2e}"
+mkdir -p "$E2E_OUT"
 
 # References from the native CLI, on the CPU.
 REF="$(mktemp -d)"
@@ -55,5 +72,21 @@ for m in open_clip conch; do
     --top-k 3 --out "$REF/${m}_pairs.jsonl" --no-cache 2>/dev/null
 done
 
-log "headless Chromium: ${E2E_SCENARIOS:-webgpu,cpu}"
-E2E_ROOT="$ROOT" E2E_REF="$REF" CHROMIUM="$CHROMIUM" node tests/e2e/e2e.mjs
+# A demo bundle as data/demo/ will hold it (never written there: that one is committed by its
+# owner): the tiny open_clip fixture, the demo reports and the bundled tiles labelled by source.
+if [ -z "${E2E_DEMO:-}" ]; then
+  E2E_DEMO="$REF/demo"
+  mkdir -p "$E2E_DEMO/model"
+  cp tests/fixtures/open_clip/open_clip_config.json tests/fixtures/open_clip/open_clip_model.safetensors "$E2E_DEMO/model/"
+  cp data/reports/demo_reports.jsonl "$E2E_DEMO/reports.jsonl"
+  for f in tests/data/tiles/*; do
+    name="$(basename "$f")"
+    class="${name%%_*}"; class="${class%%[0-9]*}"
+    mkdir -p "$E2E_DEMO/tiles/$class"
+    cp "$f" "$E2E_DEMO/tiles/$class/"
+  done
+fi
+
+log "headless Chromium: ${E2E_SCENARIOS:-webgpu,cpu} (screenshots and adapters in $E2E_OUT)"
+E2E_ROOT="$ROOT" E2E_REF="$REF" E2E_OUT="$E2E_OUT" E2E_DEMO="$E2E_DEMO" E2E_ADAPTER_PREDICT="$ADAPTER_PREDICT" \
+  CHROMIUM="$CHROMIUM" node tests/e2e/e2e.mjs
