@@ -329,3 +329,60 @@ fn clipit_vision_branch_can_start_from_the_linear_probe() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("--init-from"), "{err}");
 }
+
+#[test]
+fn contrastive_baseline_learns_and_tests_as_zero_shot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = lung_subset(tmp.path(), 30) else { return };
+    let data = data.to_str().unwrap();
+    let templates = tmp.path().join("templates.txt");
+    std::fs::write(&templates, "an H&E image of {}.\nhistology of CLASSNAME tissue\n").unwrap();
+    let run = tmp.path().join("contrastive");
+    let args = |backbone: &'static str, out: &'_ Path| -> Vec<String> {
+        [
+            "train",
+            "--method",
+            "contrastive",
+            "--backbone",
+            backbone,
+            "--data",
+            data,
+            "--out",
+            out.to_str().unwrap(),
+            "--templates",
+            templates.to_str().unwrap(),
+            "--batch-size",
+            "16",
+            "--epochs",
+            "6",
+            "--lr",
+            "1e-2",
+            "--seed",
+            "1",
+            "--val-fraction",
+            "0.3",
+            "--no-augment",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args("tests/fixtures/open_clip", &run);
+    let out = ok(clipit(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let bacc = report(&out)["balanced_accuracy"].as_f64().unwrap();
+    assert!(bacc > 0.5, "contrastive: validation balanced accuracy {bacc} is not above chance");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(cfg["method"], "contrastive");
+    assert_eq!(cfg["templates"][1], "histology of {} tissue");
+    // eval reloads the adapted CLIP and classifies by template-averaged zero-shot.
+    let eval =
+        report(&ok(clipit(&["eval", "--run", run.to_str().unwrap(), "--data", data, "--json"])));
+    let again = eval["balanced_accuracy"].as_f64().unwrap();
+    assert!(again > 0.5, "eval after reload: balanced accuracy {again}");
+    // A vision-only backbone cannot be trained contrastively.
+    let a = args("tests/fixtures/timm_vit_small", &tmp.path().join("bad"));
+    let bad = clipit(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("needs a CLIP model"), "{err}");
+}

@@ -10,9 +10,8 @@ use clipit::metrics::Report;
 use clipit::model::Model;
 use clipit::train::checkpoint::RunDir;
 use clipit::train::heads::HeadsConfig;
-use clipit::train::run::{
-    data_classes, load_run, predict, train as run_training, Method, RunConfig, TrainInputs,
-};
+use clipit::train::inference::load_run;
+use clipit::train::run::{data_classes, train as run_training, Method, RunConfig, TrainInputs};
 use clipit::train::trainer::TrainOptions;
 use clipit::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -22,7 +21,9 @@ use super::commands::csv_field;
 /// Options of `clipit train` (defaults are the paper's).
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// clipit, linear-probe or vision-linear (a CLIP folder as --backbone).
+    /// clipit, linear-probe, vision-linear (a CLIP folder as --backbone, image tower + linear
+    /// head) or contrastive (LoRA on the whole CLIP given as --backbone, InfoNCE against class
+    /// prompts; tested as zero-shot with --templates).
     #[arg(long, default_value = "clipit")]
     method: Method,
     /// Vision backbone folder (any model clipit loads, e.g. a timm ViT or a CLIP).
@@ -96,6 +97,10 @@ pub struct TrainArgs {
     /// precomputed text targets.
     #[arg(long)]
     text_lora: bool,
+    /// Prompt templates for --method contrastive, one per line with `{}` (or CLASSNAME) for the
+    /// class name: the first trains, all test. Default: the built-in histology templates.
+    #[arg(long)]
+    templates: Option<PathBuf>,
     /// Train without the paper's flips and colour jitter.
     #[arg(long)]
     no_augment: bool,
@@ -117,8 +122,15 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         (Method::Clipit, None) => {
             return Err(Error::msg("--method clipit needs --teacher DIR and --reports FILE"))
         }
+        (Method::Contrastive, _) if !backbone.has_text() => {
+            return Err(Error::format(
+                a.backbone.display(),
+                "--method contrastive needs a CLIP model (with a text encoder) as --backbone",
+            ))
+        }
         _ => backbone.embed_dim,
     };
+    let templates = a.templates.as_ref().map(clipit::zeroshot::read_templates).transpose()?;
     let cfg = RunConfig {
         method: a.method,
         backbone: a.backbone.canonicalize().map_err(|e| Error::io(&a.backbone, e))?,
@@ -146,7 +158,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             num_classes: classes.len(),
             kd_layers: a.kd_layers,
         },
-        lora: (a.method == Method::Clipit).then(|| LoraConfig::new(a.lora_r, a.lora_alpha)),
+        lora: matches!(a.method, Method::Clipit | Method::Contrastive)
+            .then(|| LoraConfig::new(a.lora_r, a.lora_alpha)),
+        templates,
         augment: !a.no_augment,
         text_lora: a.text_lora,
         init_from: a
@@ -198,7 +212,8 @@ fn classify_paths(
     paths: &[PathBuf],
 ) -> Result<(Vec<String>, Vec<PathBuf>, Vec<Vec<f32>>)> {
     let device = Backend::Cpu.device()?;
-    let (cfg, model, preprocess) = load_run(run, &device)?;
+    let run = load_run(run, &device)?;
+    let preprocess = run.preprocess;
     let (mut kept, mut probs) = (Vec::new(), Vec::new());
     for chunk in paths.chunks(32) {
         let mut pixels = Vec::new();
@@ -213,10 +228,10 @@ fn classify_paths(
         }
         let n = pixels.len() / (3 * preprocess.crop * preprocess.crop);
         if n > 0 {
-            probs.extend(predict(&cfg, &model, pixels, n, preprocess.crop, &device)?);
+            probs.extend(run.predict(pixels, n, &device)?);
         }
     }
-    Ok((cfg.classes, kept, probs))
+    Ok((run.cfg.classes, kept, probs))
 }
 
 /// `clipit eval`.

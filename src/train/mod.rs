@@ -3,9 +3,11 @@
 
 pub mod augment;
 pub mod checkpoint;
+pub mod contrastive;
 pub mod classifier;
 pub mod data;
 pub mod heads;
+pub mod inference;
 pub mod optim;
 mod pairing;
 pub mod plot;

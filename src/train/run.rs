@@ -9,10 +9,12 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{RunDir, RunState};
+use super::contrastive::{contrastive_batch_loss, ClassPrompts};
 use super::data::read_manifest;
-use super::data::{BatchLoader, Dataset, LoaderConfig};
+use super::data::{Batch, BatchLoader, Dataset, LoaderConfig};
 use super::heads::cross_entropy;
 use super::heads::{text_lora_tower, ClipItModel, HeadsConfig};
+use super::inference::Predictor;
 use super::pairing::{pair_reports, TextTargets};
 use super::split::{group_split, stratified_split};
 use super::trainer::{
@@ -33,6 +35,9 @@ pub enum Method {
     Clipit,
     /// The unimodal baseline: frozen backbone, linear head h_v.
     LinearProbe,
+    /// The contrastive baseline: LoRA on the whole CLIP (`--backbone`), symmetric InfoNCE
+    /// between each image and its class prompt, tested as template-averaged zero-shot.
+    Contrastive,
 }
 
 impl std::str::FromStr for Method {
@@ -41,11 +46,9 @@ impl std::str::FromStr for Method {
         match s {
             "clipit" => Ok(Self::Clipit),
             "linear-probe" | "vision-linear" => Ok(Self::LinearProbe),
-            "contrastive" => Err(Error::msg(
-                "--method contrastive is not implemented yet (clipit, linear-probe, vision-linear)",
-            )),
+            "contrastive" => Ok(Self::Contrastive),
             other => Err(Error::msg(format!(
-                "unknown method '{other}' (clipit, linear-probe, vision-linear)"
+                "unknown method '{other}' (clipit, linear-probe, vision-linear, contrastive)"
             ))),
         }
     }
@@ -85,8 +88,19 @@ pub struct RunConfig {
     /// precomputed text targets.
     #[serde(default)]
     pub text_lora: bool,
+    /// Prompt templates of the contrastive method (`{}` is the class name): the first trains,
+    /// all of them test. `None`: [`crate::zeroshot::DEFAULT_TEMPLATES`].
+    #[serde(default)]
+    pub templates: Option<Vec<String>>,
     /// Optimisation options.
     pub options: TrainOptions,
+}
+
+impl RunConfig {
+    /// The contrastive method's templates.
+    pub fn templates(&self) -> Vec<String> {
+        self.templates.clone().unwrap_or_else(crate::zeroshot::default_templates)
+    }
 }
 
 /// What a finished run reports.
@@ -172,69 +186,115 @@ fn text_tower(cfg: &RunConfig, device: &Device) -> Result<Option<TextTransformer
     }
 }
 
-fn build_model(
+/// Builds a run's model: the backbone's vision tower (with LoRA for CLIP-IT and the contrastive
+/// method), fresh heads, and the text tower with LoRA where the method trains one (`text` for
+/// CLIP-IT's text-LoRA mode; the backbone's own for the contrastive method, which uses no head).
+pub(super) fn build_model(
     cfg: &RunConfig,
     device: &Device,
-    text: Option<TextTransformer>,
+    mut text: Option<TextTransformer>,
 ) -> Result<ClipItModel> {
-    device.seed(cfg.options.seed);
+    let seed = cfg.options.seed;
+    device.seed(seed);
     let backbone = Model::load(&cfg.backbone, device)?;
-    let mut vision = backbone.vision.no_grad();
+    let mut vision = backbone.vision.clone().no_grad();
     let mut heads = cfg.heads.init(device);
-    if let (Method::Clipit, Some(lora)) = (cfg.method, &cfg.lora) {
-        vision = crate::lora::apply_lora(vision, &backbone.params, lora, cfg.options.seed)?;
+    let Some(lora) = &cfg.lora else {
+        return Ok(ClipItModel { backbone: vision, heads, text });
+    };
+    if cfg.method != Method::LinearProbe {
+        vision = crate::lora::apply_lora(vision, &backbone.params, lora, seed)?;
+    }
+    if cfg.method == Method::Contrastive {
+        text = Some(text_lora_tower(&backbone, lora, seed.wrapping_add(1))?);
+    }
+    if cfg.method == Method::Clipit {
         if let Some(probe) = &cfg.init_from {
             // The official code's vision branch: the unimodal baseline's trained h_v, frozen,
             // with a LoRA adapter like every other Linear of the vision model.
-            let (probe_cfg, probe_model, _) = load_run(probe, &device.clone().without_autodiff())?;
+            let probe = super::inference::load_run(probe, &device.clone().without_autodiff())?;
+            let (probe_cfg, probe_model) = (probe.cfg, probe.model);
             if probe_cfg.classes != cfg.classes || probe_cfg.backbone != cfg.backbone {
                 return Err(Error::format(
-                    probe.display(),
+                    cfg.init_from.as_ref().map_or(String::new(), |p| p.display().to_string()),
                     "--init-from needs a run on the same backbone and classes",
                 ));
             }
             let h_v = probe_model.heads.h_v.to_device(device).no_grad();
             let mut names = crate::weights::ParamNames::default();
             names.register_linear(&h_v, "head");
-            heads.h_v = crate::lora::apply_lora(h_v, &names, lora, cfg.options.seed)?;
+            heads.h_v = crate::lora::apply_lora(h_v, &names, lora, seed)?;
         }
     }
     Ok(ClipItModel { backbone: vision, heads, text })
 }
 
+/// What a training or validation batch carries beside pixels and labels.
+enum Targets {
+    /// Nothing (vision-only losses).
+    None,
+    /// CLIP-IT: each image's paired report (its teacher embedding or token ids).
+    Reports(TextTargets),
+    /// The contrastive method: each image's class prompt.
+    Prompts(std::sync::Arc<ClassPrompts>),
+}
+
+impl Targets {
+    fn batch(&self, b: &Batch, device: &Device) -> TrainBatch {
+        match self {
+            Targets::None => {
+                TrainBatch::from_host(b.pixels.clone(), b.crop, &b.labels, None, device)
+            }
+            Targets::Reports(t) => t.batch(b, device),
+            Targets::Prompts(p) => p.batch(b, device),
+        }
+    }
+
+    fn prompts(&self) -> Option<&ClassPrompts> {
+        match self {
+            Targets::Prompts(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// The training loss of `method` on a batch.
+fn batch_loss(
+    method: Method,
+    model: &ClipItModel,
+    batch: &TrainBatch,
+    opts: &TrainOptions,
+) -> Result<LossParts> {
+    match method {
+        Method::Clipit => clipit_batch_loss(model, batch, opts),
+        Method::LinearProbe => vision_batch_loss(model, batch, opts),
+        Method::Contrastive => contrastive_batch_loss(model, batch),
+    }
+}
+
 /// Mean loss and class probabilities over a loader's data (no gradients).
 fn evaluate(
+    method: Method,
     model: &ClipItModel,
     loader: &BatchLoader,
-    targets: Option<&TextTargets>,
+    targets: &Targets,
     opts: &TrainOptions,
     device: &Device,
 ) -> Result<(f64, Vec<Vec<f32>>, Vec<usize>)> {
     let model = model.valid();
     let plain = device.clone().without_autodiff();
+    let predictor = Predictor::new(method, &model, targets.prompts())?;
     let (mut loss_sum, mut n) = (0.0, 0usize);
     let (mut probs, mut labels) = (Vec::new(), Vec::new());
     for batch in loader.epoch(0) {
         if batch.is_empty() {
             continue;
         }
-        let tb = match targets {
-            Some(t) => t.batch(&batch, &plain),
-            None => {
-                TrainBatch::from_host(batch.pixels.clone(), batch.crop, &batch.labels, None, &plain)
-            }
-        };
-        let parts = match targets {
-            Some(_) => clipit_batch_loss(&model, &tb, opts)?,
-            None => vision_batch_loss(&model, &tb, opts)?,
-        };
+        let tb = targets.batch(&batch, &plain);
+        let parts = batch_loss(method, &model, &tb, opts)?;
         loss_sum += f64::from(parts.total.into_scalar::<f32>()) * batch.len() as f64;
         n += batch.len();
-        let logits = match targets {
-            Some(_) => model.forward(tb.pixels).logits,
-            None => model.heads.h_v.forward(model.backbone.forward(tb.pixels)),
-        };
-        let (v, [_, cols]) = matrix_to_host(burn::tensor::activation::softmax(logits, 1))?;
+        let (v, [_, cols]) = matrix_to_host(predictor.probs(&model, tb.pixels)?)?;
         probs.extend(v.chunks(cols).map(<[f32]>::to_vec));
         labels.extend_from_slice(&batch.labels);
     }
@@ -270,13 +330,8 @@ fn extract_features(model: &ClipItModel, loader: &BatchLoader) -> Result<Feature
 
 /// Where training batches come from.
 enum Source {
-    /// Streamed, augmented images (CLIP-IT).
-    Images {
-        train: BatchLoader,
-        val: BatchLoader,
-        train_targets: Option<TextTargets>,
-        val_targets: Option<TextTargets>,
-    },
+    /// Streamed, augmented images (CLIP-IT, contrastive).
+    Images { train: BatchLoader, val: BatchLoader, train_targets: Targets, val_targets: Targets },
     /// Cached features (linear probe), shuffled per epoch.
     Features { train: Features, val: Features, batch: usize, seed: u64 },
 }
@@ -298,19 +353,8 @@ impl Source {
         match self {
             Source::Images { train, train_targets, .. } => {
                 Box::new(train.epoch(epoch as u64).map(move |b| {
-                    (!b.is_empty()).then(|| {
-                        let batch = match train_targets {
-                            Some(t) => t.batch(&b, device),
-                            None => TrainBatch::from_host(
-                                b.pixels.clone(),
-                                b.crop,
-                                &b.labels,
-                                None,
-                                device,
-                            ),
-                        };
-                        (StepInput::Images(batch), b.len())
-                    })
+                    (!b.is_empty())
+                        .then(|| (StepInput::Images(train_targets.batch(&b, device)), b.len()))
                 }))
             }
             Source::Features { train, batch, seed, .. } => {
@@ -329,13 +373,14 @@ impl Source {
     /// Mean validation loss and class probabilities (no gradients).
     fn evaluate(
         &self,
+        method: Method,
         model: &ClipItModel,
         opts: &TrainOptions,
         device: &Device,
     ) -> Result<(f64, Vec<Vec<f32>>, Vec<usize>)> {
         match self {
             Source::Images { val, val_targets, .. } => {
-                evaluate(model, val, val_targets.as_ref(), opts, device)
+                evaluate(method, model, val, val_targets, opts, device)
             }
             Source::Features { val, .. } => {
                 let model = model.valid();
@@ -405,6 +450,12 @@ pub fn train_on(
 
     let plain = device.clone().without_autodiff();
     let (train_targets, val_targets, text_tower) = match cfg.method {
+        Method::Contrastive => {
+            let clip = Model::load(&cfg.backbone, &plain)?;
+            let prompts =
+                std::sync::Arc::new(ClassPrompts::new(&clip, &cfg.classes, &cfg.templates())?);
+            (Targets::Prompts(prompts.clone()), Targets::Prompts(prompts), None)
+        }
         Method::Clipit => {
             let teacher_dir =
                 cfg.teacher.as_ref().ok_or_else(|| Error::msg("CLIP-IT needs --teacher"))?;
@@ -416,9 +467,9 @@ pub fn train_on(
                 )));
             }
             let [train, val] = pair_reports(cfg, &teacher, [&train_set, &val_set])?;
-            (Some(train), Some(val), text_tower(cfg, device)?)
+            (Targets::Reports(train), Targets::Reports(val), text_tower(cfg, device)?)
         }
-        Method::LinearProbe => (None, None, None),
+        Method::LinearProbe => (Targets::None, Targets::None, None),
     };
 
     let model = build_model(cfg, device, text_tower)?;
@@ -438,7 +489,7 @@ pub fn train_on(
             let val = extract_features(&model, &val_loader)?;
             Source::Features { train, val, batch: opts.batch_size, seed: opts.seed }
         }
-        Method::Clipit => Source::Images {
+        Method::Clipit | Method::Contrastive => Source::Images {
             train: BatchLoader::new(train_set, train_cfg)?,
             val: val_loader,
             train_targets,
@@ -474,7 +525,9 @@ pub fn train_on(
             }
             let Some((batch, n)) = batch else { continue };
             let log = match &batch {
-                StepInput::Images(b) => trainer.step(epoch, |m| clipit_batch_loss(m, b, opts))?,
+                StepInput::Images(b) => {
+                    trainer.step(epoch, |m| batch_loss(cfg.method, m, b, opts))?
+                }
                 StepInput::Features { x, labels } => {
                     trainer.step(epoch, |m| probe_loss(m, x.clone(), labels.clone(), opts))?
                 }
@@ -484,7 +537,8 @@ pub fn train_on(
             (inputs.on_step)(&log, total);
             state.step = trainer.step;
             if trainer.step % val_every == 0 || trainer.step == total {
-                let (val_loss, probs, labels) = source.evaluate(&trainer.model, opts, device)?;
+                let (val_loss, probs, labels) =
+                    source.evaluate(cfg.method, &trainer.model, opts, device)?;
                 let report = Report::from_probs(&probs, &labels, &cfg.classes)?;
                 run.log(&ValLog {
                     step: trainer.step,
@@ -505,7 +559,7 @@ pub fn train_on(
     let elapsed = start.elapsed().as_secs_f64();
 
     let best = run.load_params("best.bpk", trainer.model.clone())?;
-    let (_, probs, labels) = source.evaluate(&best, opts, device)?;
+    let (_, probs, labels) = source.evaluate(cfg.method, &best, opts, device)?;
     let report = Report::from_probs(&probs, &labels, &cfg.classes)?;
     run.write_json("report.json", &report)?;
     crate::fsutil::write_atomic(
@@ -518,35 +572,4 @@ pub fn train_on(
         best_step: state.best_step,
         images_per_sec: images as f64 / elapsed.max(1e-9),
     })
-}
-
-/// Loads a finished run's best model for evaluation or classification (no autodiff).
-pub fn load_run(
-    run_dir: &Path,
-    device: &Device,
-) -> Result<(RunConfig, ClipItModel, crate::preprocess::PreprocessConfig)> {
-    let run = RunDir::open(run_dir)?;
-    let cfg: RunConfig = run.read_json("run.json")?;
-    let model = build_model(&cfg, &device.clone().autodiff(), None)?;
-    let model = run.load_params("best.bpk", model)?.valid();
-    let preprocess = Model::load(&cfg.backbone, device)?.preprocess;
-    Ok((cfg, model, preprocess))
-}
-
-/// Class probabilities for preprocessed pixels with a loaded run's model (vision only).
-pub fn predict(
-    cfg: &RunConfig,
-    model: &ClipItModel,
-    pixels: Vec<f32>,
-    n: usize,
-    size: usize,
-    device: &Device,
-) -> Result<Vec<Vec<f32>>> {
-    let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device);
-    let logits = match cfg.method {
-        Method::Clipit => model.forward(x).logits,
-        Method::LinearProbe => model.heads.h_v.forward(model.backbone.forward(x)),
-    };
-    let (v, [_, c]) = matrix_to_host(burn::tensor::activation::softmax(logits, 1))?;
-    Ok(v.chunks(c).map(<[f32]>::to_vec).collect())
 }
