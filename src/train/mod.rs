@@ -3,8 +3,8 @@
 
 pub mod augment;
 pub mod checkpoint;
-pub mod contrastive;
 pub mod classifier;
+pub mod contrastive;
 pub mod data;
 pub mod heads;
 pub mod inference;
