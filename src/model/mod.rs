@@ -149,6 +149,23 @@ impl Model {
         self.tokenizer.as_ref().ok_or_else(|| self.no_text())?.encode_batch(texts)
     }
 
+    /// The model's weights under their checkpoint names and PyTorch layouts (the image and text
+    /// towers, and `logit_scale` with a text tower): what [`crate::weights::export`] writes.
+    pub fn checkpoint_tensors(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::weights::export::TorchTensor>> {
+        use crate::weights::export::{checkpoint_tensors, TorchTensor};
+        let mut out = checkpoint_tensors(&self.vision, &self.params)?;
+        if let Some(text) = &self.text {
+            out.extend(checkpoint_tensors(text, &self.params)?);
+            out.insert(
+                "logit_scale".into(),
+                TorchTensor { shape: vec![], values: vec![self.logit_scale] },
+            );
+        }
+        Ok(out)
+    }
+
     /// Whether the model has a text encoder.
     pub fn has_text(&self) -> bool {
         self.text.is_some() && self.tokenizer.is_some()

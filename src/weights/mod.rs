@@ -6,6 +6,7 @@
 //! [`Loader`] is what the model code uses: it builds layers from tensors looked up by name,
 //! checking each shape against the one the config implies.
 
+pub mod export;
 mod params;
 mod safetensors;
 

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests that run the `clipit` binary.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
