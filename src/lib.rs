@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod retrieval;
+pub mod slide;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::ModelArgs;
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
-fn progress(len: usize, what: &str) -> ProgressBar {
+pub(super) fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} ({eta})")
@@ -85,7 +85,7 @@ pub fn embed(args: &ModelArgs, images: &[PathBuf], texts: &[String]) -> Result<(
 }
 
 /// Corpus embeddings, from the cache when it holds this corpus for this model.
-fn corpus_embeddings(
+pub(super) fn corpus_embeddings(
     model: &Model,
     corpus: &Corpus,
     batch: usize,

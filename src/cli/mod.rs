@@ -1,6 +1,7 @@
 //! Command-line parsing and the commands.
 
 mod commands;
+mod map;
 mod train;
 
 use std::path::PathBuf;
@@ -117,6 +118,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Tile a slide or large image, classify the tiles over tissue, write GeoJSON, CSV and overlay.
+    Map(Box<map::MapArgs>),
     /// Describe a checkpoint folder: architecture, parameters, dimensions, preprocessing.
     Info {
         /// Checkpoint folder.
@@ -139,6 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Convert { input, output } => commands::convert(&input, &output),
         Command::Info { model } => commands::info(&model),
+        Command::Map(args) => map::map(&args),
         Command::Train(args) => train::train(&args),
         Command::Eval { run, data, json } => train::eval(&run, &data, json),
         Command::Classify { run, images, out } => train::classify(&run, &images, &out),

