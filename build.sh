@@ -2,7 +2,8 @@
 # clipit's one entry point for building, running and testing.
 #
 #   ./build.sh          set up, build the CLI and run the demo on the bundled tiles
-#   ./build.sh test     set up and run every test (what CI runs)
+#   ./build.sh test     set up and run every test (what CI runs): cargo test, then the page end to
+#                       end in headless Chromium (tests/e2e/run.sh; CLIPIT_SKIP_E2E=1 skips it)
 #   ./build.sh cli      build the native CLI only
 #   ./build.sh web      build the browser module (wasm32 + wasm-bindgen) into pkg/
 #   ./build.sh serve    build it and serve the page (www/ + pkg/) on http://127.0.0.1:8080
@@ -104,7 +105,17 @@ run_tests() {
     export CLIPIT_REQUIRE_WGPU=1
   fi
   log "running every test (features: $FEATURES)"
-  cargo test --features "$FEATURES" --no-fail-fast
+  local failed=0
+  cargo test --features "$FEATURES" --no-fail-fast || failed=1
+  # The page end to end in headless Chromium (WebGPU and the CPU fallback). It installs what it
+  # needs (wasm target, wasm-bindgen-cli, chromium, node packages) and fails loudly when it cannot.
+  if [ "${CLIPIT_SKIP_E2E:-0}" = 1 ]; then
+    log "CLIPIT_SKIP_E2E=1: skipping the end-to-end test of the page"
+  else
+    log "end-to-end test of the page (tests/e2e/run.sh)"
+    tests/e2e/run.sh || failed=1
+  fi
+  [ "$failed" = 0 ] || { echo "some tests failed (see above)" >&2; exit 1; }
 }
 
 case "${1:-demo}" in
