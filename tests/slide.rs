@@ -432,3 +432,141 @@ fn bad_slides_fail_with_the_file_named() {
     let res = clipit(&["map", "--slide", svs().to_str().unwrap(), "--out", "x"]);
     assert_fails(&res, &["--run"]);
 }
+
+/// Rows of a CSV as maps from header to cell (no quoted commas in these files).
+fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
+    lines.map(|l| header.iter().cloned().zip(l.split(',').map(str::to_string)).collect()).collect()
+}
+
+fn close(a: &str, b: &str) -> bool {
+    (a.parse::<f64>().unwrap() - b.parse::<f64>().unwrap()).abs() < 2e-5
+}
+
+/// The map's per-tile results equal the per-image commands' on the same tiles saved as PNG:
+/// `classify --run`, `zero-shot` and `retrieve`.
+#[test]
+fn map_agrees_with_per_tile_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p);
+    let tiles = root().join("tests/data/tiles");
+    for (class, files) in [
+        ("tumor", ["kather2016_image_0_label_0.png", "kather_tumor.png", "hgsc_crop.png"]),
+        (
+            "other",
+            [
+                "crc_val_ADI-TCGA-EENSRDNW.png",
+                "crc_val_MUC-TCGA-VWLNSHTQ.png",
+                "kather2016_image_32_label_1.png",
+            ],
+        ),
+    ] {
+        std::fs::create_dir_all(d("data").join(class)).unwrap();
+        for f in files {
+            std::fs::copy(tiles.join(f), d("data").join(class).join(f)).unwrap();
+        }
+    }
+    let model = root().join("tests/fixtures/open_clip");
+    let (model, reports) =
+        (model.to_str().unwrap(), root().join("data/reports/demo_reports.jsonl"));
+    let reports = reports.to_str().unwrap();
+    let s = |p: &str| d(p).to_str().unwrap().to_string();
+    let (data, run, map_run, map_zs) = (s("data"), s("run"), s("map_run"), s("map_zs"));
+    let ok = |args: &[&str]| {
+        let out = clipit(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    ok(&[
+        "train",
+        "--method",
+        "linear-probe",
+        "--backbone",
+        model,
+        "--data",
+        &data,
+        "--out",
+        &run,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--val-fraction",
+        "0.34",
+        "--no-augment",
+    ]);
+    let svs = svs();
+    let common = ["--slide", svs.to_str().unwrap(), "--tile-size", "300", "--min-tissue", "0.6"];
+    let mut args =
+        vec!["map", "--run", &run, "--model", model, "--reports", reports, "--out", &map_run];
+    args.extend_from_slice(&common);
+    ok(&args);
+    let mut args = vec!["map", "--model", model, "--classes", "tumor,stroma", "--out", &map_zs];
+    args.extend_from_slice(&common);
+    ok(&args);
+
+    let by_run = csv_rows(&d("map_run/tiles.csv"));
+    let by_zs = csv_rows(&d("map_zs/tiles.csv"));
+    assert_eq!(by_run.len(), by_zs.len());
+    assert!(by_run[0].contains_key("report_id") && !by_zs[0].contains_key("report_id"));
+    // Save three tiles as PNG, named by position.
+    std::fs::create_dir_all(d("tiles")).unwrap();
+    let mut slide = Slide::open(&svs).unwrap();
+    let picked: Vec<usize> = vec![0, by_run.len() / 2, by_run.len() - 1];
+    for &i in &picked {
+        let r = &by_run[i];
+        let v: Vec<u32> = ["x", "y", "w", "h"].iter().map(|k| r[*k].parse().unwrap()).collect();
+        let img = slide.read_region(v[0], v[1], v[2], v[3]).unwrap();
+        img.save(d("tiles").join(format!("{}_{}.png", v[0], v[1]))).unwrap();
+    }
+    let tiles_dir = s("tiles");
+    ok(&["classify", "--run", &run, "--images", &tiles_dir, "--out", &s("classify.csv")]);
+    ok(&[
+        "zero-shot",
+        "--model",
+        model,
+        "--images",
+        &tiles_dir,
+        "--classes",
+        "tumor,stroma",
+        "--out",
+        &s("zs.csv"),
+    ]);
+    ok(&[
+        "retrieve",
+        "--model",
+        model,
+        "--images",
+        &tiles_dir,
+        "--reports",
+        reports,
+        "--out",
+        &s("pairs.jsonl"),
+        "--no-cache",
+    ]);
+    let key = |image: &str| Path::new(image).file_stem().unwrap().to_str().unwrap().to_string();
+    let find = |rows: &[std::collections::HashMap<String, String>], k: &str| {
+        rows.iter().find(|r| format!("{}_{}", r["x"], r["y"]) == k).unwrap().clone()
+    };
+    for (per_tile, map_rows) in
+        [(csv_rows(&d("classify.csv")), &by_run), (csv_rows(&d("zs.csv")), &by_zs)]
+    {
+        assert_eq!(per_tile.len(), picked.len());
+        for p in &per_tile {
+            let m = find(map_rows, &key(&p["image"]));
+            assert_eq!(p["prediction"], m["class"]);
+            for (col, v) in p.iter().filter(|(c, _)| *c != "image" && *c != "prediction") {
+                assert!(close(v, &m[col]), "{col}: {v} vs {}", m[col]);
+            }
+        }
+    }
+    let pairs = std::fs::read_to_string(d("pairs.jsonl")).unwrap();
+    for line in pairs.lines() {
+        let p: Value = serde_json::from_str(line).unwrap();
+        let m = find(&by_run, &key(p["image"].as_str().unwrap()));
+        assert_eq!(p["report_id"].as_str().unwrap(), m["report_id"]);
+        assert!(close(&p["score"].to_string(), &m["report_score"]));
+    }
+}
