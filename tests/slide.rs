@@ -64,6 +64,13 @@ fn svs_regions_match_openslide() {
         // zune-jpeg rounds its IDCT and upsampling slightly differently from libjpeg-turbo.
         assert!(max <= 3 && mean < 0.1, "{name}: max {max}, mean {mean}");
     }
+    // The scanner's thumbnail: a pyramid level of JPEG strips.
+    assert_eq!(slide.level_dimensions(), vec![(2220, 2967), (574, 768)]);
+    let ours = slide.level_image(1).unwrap();
+    let (max, mean) = diff(&ours, &image::open(fixture("thumbnail.png")).unwrap().to_rgb8());
+    eprintln!("thumbnail: max diff {max}, mean {mean:.3} levels vs OpenSlide");
+    assert!(max <= 3 && mean < 0.1, "thumbnail: max {max}, mean {mean}");
+    assert!(slide.level_image(0).is_err() && slide.level_image(2).is_err());
     // A stride-free read of the same pixels agrees with itself across the chunk cache.
     let a = slide.read_region(1000, 1100, 300, 280).unwrap();
     let b = slide.read_region(1100, 1200, 100, 100).unwrap();

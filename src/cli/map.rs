@@ -143,7 +143,12 @@ pub fn map(a: &MapArgs) -> Result<()> {
         plan.mask.tissue_fraction() * 100.0
     );
 
-    let model = a.model.as_deref().map(|m| load_model(m, a.backend)).transpose()?;
+    // With --run, the CLIP model only serves --reports.
+    let needs_model = a.run.is_none() || a.reports.is_some();
+    let model = match &a.model {
+        Some(m) if needs_model => Some(load_model(m, a.backend)?),
+        _ => None,
+    };
     let reports = match (&a.reports, &model) {
         (Some(r), Some(m)) => Some(report_index(m, r, a.batch_size)?),
         _ => None,

@@ -213,6 +213,38 @@ impl Slide {
         }
     }
 
+    /// The whole of pyramid level `level` (0 is the base; see [`Self::level_dimensions`]), e.g.
+    /// a scanner's thumbnail. Levels of more than [`MAX_OVERVIEW_SIDE`]² pixels are refused: use
+    /// [`Self::read_region`] or [`Self::overview`] for those.
+    pub fn level_image(&mut self, level: usize) -> Result<RgbImage> {
+        let dims = self.level_dimensions();
+        let Some(&(w, h)) = dims.get(level) else {
+            return Err(Error::format(
+                &self.name,
+                format!("no level {level} ({} levels)", dims.len()),
+            ));
+        };
+        if u64::from(w) * u64::from(h) > u64::from(MAX_OVERVIEW_SIDE).pow(2) {
+            return Err(Error::format(
+                &self.name,
+                format!("level {level} is {w}x{h}, too large to read whole"),
+            ));
+        }
+        match &mut self.source {
+            Source::Raster(img) => Ok(img.clone()),
+            Source::Tiff { file, pyramid, .. } => {
+                let index = pyramid[level];
+                let lv = file.levels[index].clone();
+                let mut out = RgbImage::new(w, h);
+                for chunk in 0..lv.chunks_across() * lv.chunks_down() {
+                    let (x, y, _, _) = lv.chunk_rect(chunk);
+                    blit(&file.read_chunk(index, chunk)?, (x, y), &mut out, (0, 0));
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// A downscaled rendering of the whole image whose longest side is at most `max_side`
     /// (capped at [`MAX_OVERVIEW_SIDE`]): from the smallest pyramid level at least that large,
     /// averaged down chunk by chunk.

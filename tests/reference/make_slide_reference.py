@@ -12,6 +12,7 @@ Outputs, in tests/fixtures/slide/:
   region.png        read_region((1000, 1100), 0, (300, 280)): crosses four tiles
   edge_right.png    read_region((2100, 560), 0, (120, 100)): into the partial tiles of the right edge
   edge_bottom.png   read_region((1600, 2880), 0, (160, 87)): the partial tiles of the bottom edge
+  thumbnail.png     the scanner's thumbnail (directory 1: JPEG strips with shared tables), RGB
   reference.json    the slide's size and pixel size, and the tissue mask of the spec below computed
                     here independently: its tissue fraction and the number of 224 px tiles (stride
                     224) with at least 50% tissue.
@@ -109,6 +110,7 @@ def main():
     width, height = slide.dimensions
     for name, box in REGIONS.items():
         Image.fromarray(region(slide, *box)).save(os.path.join(OUT, name))
+    slide.associated_images["thumbnail"].convert("RGB").save(os.path.join(OUT, "thumbnail.png"))
     base = region(slide, 0, 0, width, height)
     ov, scale = overview(base, 2048)
     mask = tissue(ov)
