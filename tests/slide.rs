@@ -406,6 +406,15 @@ fn bad_slides_fail_with_the_file_named() {
     let huge = write("huge.tif", &tiled_tiff(300_000, 300_000, 65536, None));
     assert_fails(&map(&huge, &[]), &["huge.tif", "above the limit"]);
 
+    // Colour planes stored separately are refused (here by the tiff crate already, since this
+    // file's chunk counts are for one plane).
+    let img = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 90, 150]));
+    let mut planar = tiled_tiff(64, 64, 32, Some(&img));
+    let pc = ifd0_entries(&planar).into_iter().find(|e| e.1 == 284).unwrap();
+    planar[pc.0 + 8..pc.0 + 10].copy_from_slice(&2u16.to_le_bytes());
+    let planar = write("planar.tif", &planar);
+    assert_fails(&map(&planar, &[]), &["planar.tif", "TIFF"]);
+
     let text = write("notes.png", b"not an image at all");
     assert_fails(&map(&text, &[]), &["notes.png"]);
 

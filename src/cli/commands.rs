@@ -269,13 +269,7 @@ pub fn zero_shot(
     Ok(())
 }
 
-pub(super) fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
+pub(super) use clipit::slide::export::csv_field;
 
 /// `clipit convert`: PyTorch pickle to safetensors.
 pub fn convert(input: &Path, output: &Path) -> Result<()> {

@@ -80,6 +80,8 @@ pub struct Level {
     pub description: String,
     /// NewSubfileType (1: reduced image, as Aperio labels use).
     pub subfile_type: u32,
+    /// Whether samples are stored in separate planes (PlanarConfiguration 2).
+    pub planar_separate: bool,
     offsets: Vec<u64>,
     counts: Vec<u64>,
     jpeg_tables: Option<Vec<u8>>,
@@ -202,6 +204,8 @@ impl TiffFile {
         };
         let subfile_type =
             d.find_tag_unsigned::<u32>(Tag::NewSubfileType).map_err(fail)?.unwrap_or(0);
+        let planar_separate =
+            d.find_tag_unsigned::<u16>(Tag::PlanarConfiguration).map_err(fail)? == Some(2);
         let jpeg_tables = match d.find_tag(Tag::JPEGTables).map_err(fail)? {
             Some(v) => Some(v.into_u8_vec().map_err(fail)?),
             None => None,
@@ -216,6 +220,7 @@ impl TiffFile {
             photometric,
             description,
             subfile_type,
+            planar_separate,
             offsets,
             counts,
             jpeg_tables,
@@ -262,6 +267,12 @@ impl TiffFile {
                     base.chunk.1,
                     MAX_CHUNK_BYTES >> 20
                 ),
+            ));
+        }
+        if base.planar_separate {
+            return Err(Error::format(
+                &self.name,
+                "unsupported TIFF layout: colour planes stored separately (PlanarConfiguration 2)",
             ));
         }
         if base.compression != COMPRESSION_JPEG {

@@ -8,7 +8,7 @@ use super::tissue::TissueMask;
 use crate::{Error, Result};
 
 /// Grids with more positions than this are refused (use a larger stride).
-pub const MAX_TILES: u64 = 20_000_000;
+pub const MAX_TILES: u64 = 4_000_000;
 
 /// Smallest tile side accepted, in pixels.
 pub const MIN_TILE: u32 = 8;
