@@ -151,7 +151,7 @@ impl ReportTargets {
     /// From the reports' text embeddings (row-major `[reports, dim]`, normalised here) and each
     /// image's top-1 `(report index, cosine)`, e.g. from [`crate::retrieval::top_k`] with k = 1.
     pub fn new(report_embeds: Vec<f32>, dim: usize, hits: &[(usize, f32)]) -> Result<Self> {
-        if dim == 0 || report_embeds.is_empty() || report_embeds.len() % dim != 0 {
+        if dim == 0 || report_embeds.is_empty() || !report_embeds.len().is_multiple_of(dim) {
             return Err(Error::msg("report embeddings do not form rows"));
         }
         let reports = report_embeds.len() / dim;
@@ -332,7 +332,7 @@ impl TrainSession {
         let s = self.steps_done();
         let every =
             if self.opts.val_every == 0 { self.steps_per_epoch() } else { self.opts.val_every };
-        s > 0 && (s % every.max(1) == 0 || self.finished())
+        s > 0 && (s.is_multiple_of(every.max(1)) || self.finished())
     }
 
     /// The settings.
