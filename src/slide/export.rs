@@ -88,8 +88,25 @@ fn geojson_feature(
     })
 }
 
-/// Writes the tiles as a GeoJSON FeatureCollection (atomically, streamed feature by feature).
-/// With `report_ids` (the corpus ids), each tile's best report id goes under `metadata`.
+/// Writes the tiles as a GeoJSON FeatureCollection to `w`, streamed feature by feature. With
+/// `report_ids` (the corpus ids), each tile's best report id goes under `metadata`.
+pub fn geojson_to(
+    w: &mut impl Write,
+    records: &[TileRecord],
+    classes: &[String],
+    report_ids: Option<&[String]>,
+) -> std::io::Result<()> {
+    w.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[\n")?;
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",\n")?;
+        }
+        serde_json::to_writer(&mut *w, &geojson_feature(r, classes, report_ids))?;
+    }
+    w.write_all(b"\n]}\n")
+}
+
+/// [`geojson_to`] into a file, atomically.
 pub fn write_geojson(
     path: &Path,
     records: &[TileRecord],
@@ -97,17 +114,20 @@ pub fn write_geojson(
     report_ids: Option<&[String]>,
 ) -> Result<()> {
     let mut w = AtomicWriter::create(path)?;
-    let io = |e| Error::io(path, e);
-    w.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[\n").map_err(io)?;
-    for (i, r) in records.iter().enumerate() {
-        if i > 0 {
-            w.write_all(b",\n").map_err(io)?;
-        }
-        serde_json::to_writer(&mut w, &geojson_feature(r, classes, report_ids))
-            .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
-    }
-    w.write_all(b"\n]}\n").map_err(io)?;
+    geojson_to(&mut w, records, classes, report_ids).map_err(|e| Error::io(path, e))?;
     w.finish()
+}
+
+/// [`geojson_to`] as bytes (the page's download).
+pub fn geojson_bytes(
+    records: &[TileRecord],
+    classes: &[String],
+    report_ids: Option<&[String]>,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    geojson_to(&mut out, records, classes, report_ids)
+        .map_err(|e| Error::msg(format!("cannot write the GeoJSON: {e}")))?;
+    Ok(out)
 }
 
 /// A CSV field, quoted when needed.
@@ -120,15 +140,13 @@ pub fn csv_field(s: &str) -> String {
 }
 
 /// Writes `x,y,w,h,class,<one probability column per class>` (plus `report_id,report_score` with
-/// `report_ids`), one row per tile, atomically.
-pub fn write_csv(
-    path: &Path,
+/// `report_ids`) to `w`, one row per tile.
+pub fn csv_to(
+    w: &mut impl Write,
     records: &[TileRecord],
     classes: &[String],
     report_ids: Option<&[String]>,
-) -> Result<()> {
-    let mut w = AtomicWriter::create(path)?;
-    let io = |e| Error::io(path, e);
+) -> std::io::Result<()> {
     let mut header = String::from("x,y,w,h,class");
     for c in classes {
         header.push(',');
@@ -137,7 +155,7 @@ pub fn write_csv(
     if report_ids.is_some() {
         header.push_str(",report_id,report_score");
     }
-    writeln!(w, "{header}").map_err(io)?;
+    writeln!(w, "{header}")?;
     for r in records {
         let t = r.tile;
         let mut row = format!("{},{},{},{},{}", t.x, t.y, t.w, t.h, csv_field(&classes[r.class]));
@@ -147,9 +165,33 @@ pub fn write_csv(
         if let (Some((id, score)), Some(ids)) = (r.report, report_ids) {
             row.push_str(&format!(",{},{score:.6}", csv_field(&ids[id])));
         }
-        writeln!(w, "{row}").map_err(io)?;
+        writeln!(w, "{row}")?;
     }
+    Ok(())
+}
+
+/// [`csv_to`] into a file, atomically.
+pub fn write_csv(
+    path: &Path,
+    records: &[TileRecord],
+    classes: &[String],
+    report_ids: Option<&[String]>,
+) -> Result<()> {
+    let mut w = AtomicWriter::create(path)?;
+    csv_to(&mut w, records, classes, report_ids).map_err(|e| Error::io(path, e))?;
     w.finish()
+}
+
+/// [`csv_to`] as bytes (the page's download).
+pub fn csv_bytes(
+    records: &[TileRecord],
+    classes: &[String],
+    report_ids: Option<&[String]>,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    csv_to(&mut out, records, classes, report_ids)
+        .map_err(|e| Error::msg(format!("cannot write the CSV: {e}")))?;
+    Ok(out)
 }
 
 /// Font scale and line height of the legend for an overlay `width` pixels wide.
@@ -215,10 +257,16 @@ pub fn render_overlay(overview: &Overview, records: &[TileRecord], classes: &[St
     out
 }
 
-/// Encodes `img` as PNG and writes it atomically.
-pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
+/// `img` encoded as PNG.
+pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::msg(format!("{}: cannot encode PNG: {e}", path.display())))?;
+        .map_err(|e| Error::msg(format!("cannot encode PNG: {e}")))?;
+    Ok(bytes)
+}
+
+/// Encodes `img` as PNG and writes it atomically.
+pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
+    let bytes = png_bytes(img).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
     write_atomic(path, &bytes)
 }

@@ -9,7 +9,9 @@
 //! 3. [`zero_shot`] (alias [`classify`]), [`retrieve`], [`embed_images`], [`embed_texts`];
 //!    [`thumbnail`] draws images the browser cannot (TIFF);
 //! 4. the Train panel: [`train_prepare`], then [`train_step`] a few steps at a time, [`train_stop`];
-//!    [`classify_trained`] with the result; [`export_adapter`] / [`import_adapter`].
+//!    [`classify_trained`] with the result; [`export_adapter`] / [`import_adapter`];
+//! 5. the Slide map panel: [`map_open`], [`map_start`], [`map_step`] until finished, then
+//!    [`map_geojson`], [`map_csv`], [`map_overlay_png`].
 //!
 //! Everything runs on the user's device: nothing here opens a connection. Image embeddings are
 //! cached per model by content hash, and the report corpus's text embeddings per corpus, so that
@@ -20,6 +22,7 @@ mod api;
 mod device;
 mod images;
 mod js;
+mod map;
 mod reports;
 mod state;
 mod train;
@@ -31,6 +34,7 @@ pub use api::{
 };
 pub use device::{backend_info, init};
 pub use images::{default_templates, thumbnail};
+pub use map::{map_close, map_csv, map_geojson, map_open, map_overlay_png, map_start, map_step};
 pub use reports::retrieve;
 pub use train::{
     classify_trained, export_adapter, forget_classifier, import_adapter, train_prepare, train_step,
