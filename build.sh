@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # clipit's one entry point for building, running and testing.
 #
-#   ./build.sh          set up, build the CLI and run the demo on the bundled tiles
+#   ./build.sh          set up, build the CLI and run the main job on the built-in demo bundle
 #   ./build.sh test     set up and run every test (what CI runs): cargo test, then the page end to
 #                       end in headless Chromium (tests/e2e/run.sh; CLIPIT_SKIP_E2E=1 skips it)
 #   ./build.sh cli      build the native CLI only
@@ -45,17 +45,23 @@ build_cli() {
 demo() {
   build_cli
   local out="${CLIPIT_DEMO_OUT:-$(mktemp -d)}"
-  local model=tests/fixtures/open_clip
-  log "demo: a tiny random-init open_clip checkpoint (bring real weights: see README)"
+  local model=data/demo/model tiles=data/demo/tiles reports=data/demo/reports.jsonl
+  local classes
+  classes="$(cd "$tiles" && ls -d -- */ | sed 's:/$::' | paste -sd, -)"
+  log "demo: the built-in demo CLIP (trained by clipit pretrain on CC BY tiles; a demo, not a diagnostic model)"
   "$BIN" info --model "$model"
-  log "demo: retrieval of the bundled reports for the bundled CC BY tiles"
-  "$BIN" retrieve --model "$model" --images tests/data/tiles --reports data/reports/demo_reports.jsonl \
-    --top-k 1 --out "$out/pairs.jsonl" --cache-dir "$out/cache"
+  log "demo: CLIP-IT step 1, the top report of every tile ($tiles) in $reports"
+  "$BIN" retrieve --model "$model" --images "$tiles" --reports "$reports" --top-k 1 \
+    --out "$out/pairs.jsonl" --cache-dir "$out/cache"
   head -n 3 "$out/pairs.jsonl"
-  log "demo: zero-shot over the tiles"
-  "$BIN" zero-shot --model "$model" --images tests/data/tiles --classes "tumor,stroma,lymphocytes,mucosa,adipose" \
-    --out "$out/predictions.csv"
-  log "outputs in $out"
+  log "demo: zero-shot over the classes $classes"
+  "$BIN" zero-shot --model "$model" --images "$tiles" --classes "$classes" --out "$out/zero_shot.csv"
+  log "demo: CLIP-IT training (LoRA + heads, distillation from the retrieved reports), then evaluation"
+  "$BIN" train --method clipit --backbone "$model" --teacher "$model" --reports "$reports" --data "$tiles" \
+    --out "$out/run" --epochs 4 --batch-size 16 --no-augment --seed 0 >/dev/null
+  "$BIN" eval --run "$out/run" --data "$tiles" --json
+  "$BIN" classify --run "$out/run" --images "$tiles" --out "$out/predictions.csv"
+  log "outputs in $out; open the page with ./build.sh serve"
 }
 
 # --- The page (www/): a wasm32 build of the library in its own target folder. -------------------

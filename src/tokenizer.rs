@@ -13,6 +13,7 @@ use crate::{Error, Result};
 const CLIP_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/clip_tokenizer.json");
 
 /// A tokenizer that turns texts into fixed-length id sequences for one model.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
     /// Sequence length the model takes.

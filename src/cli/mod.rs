@@ -2,6 +2,7 @@
 
 mod commands;
 mod map;
+mod pretrain;
 mod train;
 
 use std::path::PathBuf;
@@ -94,6 +95,8 @@ enum Command {
     },
     /// Train CLIP-IT or a baseline on labelled images; writes a run folder.
     Train(Box<train::TrainArgs>),
+    /// Train a whole small CLIP contrastively on labelled images and class-tagged reports.
+    Pretrain(Box<pretrain::PretrainArgs>),
     /// Evaluate a run on a labelled ImageFolder.
     Eval {
         /// Run folder written by `clipit train`.
@@ -144,6 +147,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info { model } => commands::info(&model),
         Command::Map(args) => map::map(&args),
         Command::Train(args) => train::train(&args),
+        Command::Pretrain(args) => pretrain::pretrain(&args),
         Command::Eval { run, data, json } => train::eval(&run, &data, json),
         Command::Classify { run, images, out } => train::classify(&run, &images, &out),
     }

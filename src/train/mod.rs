@@ -11,6 +11,7 @@ pub mod inference;
 pub mod optim;
 mod pairing;
 pub mod plot;
+pub mod pretrain;
 pub mod run;
 pub mod session;
 pub mod split;
