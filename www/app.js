@@ -2,6 +2,7 @@
 // Plain JavaScript, no framework; every file stays on this machine. The Train panel lives in
 // train.js and the demo bundle in demo.js; both get the helpers below through `ctx`.
 import { initTrain } from './train.js';
+import { initMap } from './map.js';
 import { findDemo, loadDemo } from './demo.js';
 import { entriesOf, topLevel } from './files.js';
 
@@ -355,6 +356,7 @@ function updateButtons() {
   $('#classify').disabled = !idle || !app.model || !(app.model.has_text || app.trained) || !app.tiles.length;
   $('#export').disabled = !app.tiles.some((t) => t.probs || t.hits);
   $('#clear-tiles').disabled = !idle || !app.tiles.length;
+  if (app.mapButtons) app.mapButtons(); // the Slide map panel (map.js)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -586,5 +588,6 @@ async function main() {
 // What train.js and demo.js use.
 const ctx = { app, $, el, call, busy, setStatus, fmtMs, loadModel, addTiles, setCorpus, classify, renderGrid, updateButtons, entriesOf };
 const train = initTrain(ctx);
+initMap(ctx);
 
 main();

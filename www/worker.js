@@ -136,6 +136,31 @@ const handlers = {
     return clipit.import_adapter(new Uint8Array(buffer), name);
   },
 
+  // The Slide map panel: one open slide, classified a few tiles per request.
+  mapOpen({ name, buffer, options }) {
+    return clipit.map_open(new Uint8Array(buffer), name, options || null);
+  },
+
+  mapStart({ classes, templates }) {
+    return clipit.map_start(classes, templates && templates.length ? templates : null);
+  },
+
+  mapStep({ n }, progress) {
+    return clipit.map_step(n || 16, progress);
+  },
+
+  mapGeojson() {
+    return clipit.map_geojson();
+  },
+
+  mapCsv() {
+    return clipit.map_csv();
+  },
+
+  mapOverlay() {
+    return clipit.map_overlay_png();
+  },
+
   forgetClassifier() {
     clipit.forget_classifier();
     return null;

@@ -10,6 +10,9 @@
 //   - drops tests/fixtures/hf_clip_gelu (float16 weights) on the model panel and checks it;
 //   - loads a vision-only timm ViT and checks that zero-shot is disabled;
 //   - opens a tile's detail view and saves screenshots in $E2E_OUT (default /tmp);
+//   - opens tests/data/slides/cmu_small_region.svs in the Slide map panel, checks the tile count
+//     and tiles.csv against the native `clipit map`, the GeoJSON and PNG downloads, a tile's
+//     probabilities and keyboard zoom, and screenshots the panel;
 //   - then, on a fresh page: auto-loads the demo bundle ($E2E_DEMO, served at /demo/), picks the
 //     labelled folder, trains a few CLIP-IT steps with a pause in the middle, checks the chart and
 //     the confusion matrix, exports the adapter, checks the page's trained predictions against
@@ -35,6 +38,7 @@ const ONLY = (process.env.E2E_SCENARIOS || 'webgpu,cpu').split(',');
 const STEP_TIMEOUT = Number(process.env.E2E_STEP_TIMEOUT_MS || 600000);
 const DEMO = process.env.E2E_DEMO; // a demo bundle folder (run.sh builds one from the fixtures)
 const ADAPTER_PREDICT = process.env.E2E_ADAPTER_PREDICT; // the native adapter_predict example
+const SLIDE = path.join(ROOT, 'tests/data/slides/cmu_small_region.svs');
 
 const BASE_FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const SCENARIOS = [
@@ -186,6 +190,68 @@ async function dropFiles(page, selector, dir) {
   return files.length;
 }
 
+// The Slide map panel on the CMU slide with the loaded model, against the native `clipit map`
+// (run.sh writes $REF/map_summary.json and $REF/map/tiles.csv with the same classes and templates).
+async function checkSlideMap(page, sc, timings) {
+  const ref = JSON.parse(fs.readFileSync(path.join(REF, 'map_summary.json'), 'utf8'));
+  await page.fill('#map-tile', String(ref.tile_size));
+  const t0 = Date.now();
+  await page.setInputFiles('#map-file', SLIDE);
+  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(window.clipitApp.map.state), null, { timeout: STEP_TIMEOUT, polling: 200 });
+  timings.slide_map_ms = Date.now() - t0;
+  const m = await page.evaluate(() => {
+    const M = window.clipitApp.map;
+    return { state: M.state, error: M.error, total: M.total, n: M.records.length, info: M.info, elapsed: M.elapsedMs };
+  });
+  timings.slide_map_classify_ms = m.elapsed;
+  check(m.state === 'done', `the slide map finished (${m.error || m.state}) in ${timings.slide_map_ms} ms`);
+  check(m.info && m.info.width === ref.width && m.info.height === ref.height, `the page reads the slide as ${m.info && m.info.width}x${m.info && m.info.height} (CLI ${ref.width}x${ref.height})`);
+  check(m.n === ref.tiles && m.total === ref.tiles, `the page mapped ${m.n} tiles, the native clipit map ${ref.tiles}`);
+  if (m.state !== 'done') return;
+
+  const save = async (sel) => {
+    const [d] = await Promise.all([page.waitForEvent('download'), page.click(sel)]);
+    return { name: d.suggestedFilename(), bytes: fs.readFileSync(await d.path()) };
+  };
+  const csv = await save('#map-csv');
+  const want = new Map(parseCsv(fs.readFileSync(path.join(REF, 'map/tiles.csv'), 'utf8')).map((r) => [`${r.x},${r.y}`, r]));
+  const rows = parseCsv(csv.bytes.toString('utf8'));
+  let maxDiff = 0;
+  let matched = 0;
+  for (const r of rows) {
+    const w = want.get(`${r.x},${r.y}`);
+    if (!w) continue;
+    matched++;
+    for (const c of CLASSES) maxDiff = Math.max(maxDiff, Math.abs(Number(r[c]) - Number(w[c])));
+  }
+  check(csv.name === 'tiles.csv' && rows.length === ref.tiles && matched === ref.tiles, `tiles.csv has the CLI's ${ref.tiles} tiles at the same positions (${matched} matched)`);
+  check(maxDiff <= TOL, `slide map probabilities match the CLI (max |diff| ${maxDiff.toExponential(2)} <= ${TOL})`);
+  const geo = await save('#map-geojson');
+  const fc = JSON.parse(geo.bytes.toString('utf8'));
+  check(geo.name === 'tiles.geojson' && fc.type === 'FeatureCollection' && fc.features.length === ref.tiles && fc.features[0].properties.classification.name, `tiles.geojson is a FeatureCollection of ${fc.features.length} classified tiles`);
+  const png = await save('#map-png');
+  check(png.name === 'overlay.png' && png.bytes.subarray(0, 4).toString('latin1') === '\x89PNG', `overlay.png is a PNG (${png.bytes.length} bytes)`);
+
+  // Click the first tile's centre; then zoom with the keyboard.
+  await page.locator('#map-canvas').scrollIntoViewIfNeeded();
+  const box = await page.locator('#map-canvas').boundingBox();
+  const at = await page.evaluate(() => {
+    const M = window.clipitApp.map;
+    const r = M.records[0];
+    const [sx, sy] = M.info.overview.scale;
+    return { x: ((r.x + r.w / 2) / sx) * M.view.s + M.view.ox, y: ((r.y + r.h / 2) / sy) * M.view.s + M.view.oy };
+  });
+  await page.mouse.click(box.x + at.x, box.y + at.y);
+  check((await page.locator('#map-tile-info tbody tr').count()) === CLASSES.length, 'clicking a tile shows its probability for every class');
+  check((await page.locator('#map-legend li').count()) === CLASSES.length, 'the legend lists every class');
+  const s0 = await page.evaluate(() => window.clipitApp.map.view.s);
+  await page.focus('#map-canvas');
+  await page.keyboard.press('+');
+  check((await page.evaluate(() => window.clipitApp.map.view.s)) > s0, 'the + key zooms the map in');
+  await page.keyboard.press('0');
+  await page.locator('#slidemap').screenshot({ path: path.join(OUT, `clipit-e2e-${sc.name}-slidemap.png`) });
+}
+
 // A fresh browser for a scenario; every request is recorded for the privacy check.
 async function openBrowser(sc, port, viewport = { width: 1280, height: 900 }) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'clipit-chromium-'));
@@ -247,6 +313,7 @@ async function runScenario(sc, port) {
     const csv1 = await exportCsv(page);
     compareProbs(csv1, cliProbs(path.join(REF, 'open_clip.csv')), 'open_clip zero-shot');
     await compareHits(page, cliPairs(path.join(REF, 'open_clip_pairs.jsonl')), 'open_clip retrieval');
+    await checkSlideMap(page, sc, timings);
 
     // Sorting and filtering.
     await page.selectOption('#sort', 'conf-desc');

@@ -72,6 +72,10 @@ for m in open_clip conch; do
     --top-k 3 --out "$REF/${m}_pairs.jsonl" --no-cache 2>/dev/null
 done
 
+log "native reference map (clipit map on the CMU slide)"
+"$CLI" map --model tests/fixtures/open_clip --classes "$CLASSES" --templates "$REF/templates.txt" \
+  --slide tests/data/slides/cmu_small_region.svs --tile-size 224 --out "$REF/map" >"$REF/map_summary.json" 2>/dev/null
+
 # A demo bundle as data/demo/ will hold it (never written there: that one is committed by its
 # owner): the tiny open_clip fixture, the demo reports and the bundled tiles labelled by source.
 if [ -z "${E2E_DEMO:-}" ]; then
