@@ -6,6 +6,9 @@
 
 /** Aim for one worker request every ~0.7 s, so Cancel answers quickly. */
 const TARGET_MS = 700;
+/** The worker's batch (MAP_BATCH in src/web/map.rs): requests ask for multiples of it, so that
+ * WebGPU sees few batch shapes (each new shape compiles its kernels). */
+const BATCH = 16;
 const lines = (text) => text.split('\n').map((s) => s.trim()).filter(Boolean);
 
 export function initMap(ctx) {
@@ -20,6 +23,7 @@ export function initMap(ctx) {
     done: 0,
     total: 0,
     chunk: 16,
+    maxChunk: 256, // tiles per request at most (the end-to-end test lowers it to catch a Cancel)
     cancel: false,
     elapsedMs: 0,
     error: null,
@@ -90,7 +94,7 @@ export function initMap(ctx) {
       const classes = lines($('#classes').value);
       const templates = lines($('#templates').value);
       const r = await call('mapStart', { classes, templates });
-      Object.assign(M, { classes: r.classes, colors: r.colors, records: [], done: 0, total: r.total, cancel: false, error: null, selected: null, elapsedMs: 0, state: 'running' });
+      Object.assign(M, { classes: r.classes, colors: r.colors, records: [], done: 0, total: r.total, cancel: false, chunk: Math.min(BATCH, M.maxChunk), error: null, selected: null, elapsedMs: 0, state: 'running' });
       overlay.getContext('2d').clearRect(0, 0, overlay.width, overlay.height);
       legend();
       buttons();
@@ -103,7 +107,8 @@ export function initMap(ctx) {
         paint(s.records);
         legend();
         progress(M.done, M.total);
-        M.chunk = Math.max(1, Math.min(256, Math.round((M.chunk * TARGET_MS) / Math.max(s.elapsed_ms, 1))));
+        const want = (M.chunk * TARGET_MS) / Math.max(s.elapsed_ms, 1);
+        M.chunk = Math.max(1, Math.min(M.maxChunk, Math.max(BATCH, Math.round(want / BATCH) * BATCH)));
       }
       M.state = M.cancel ? 'cancelled' : 'done';
       const rate = M.done / Math.max(M.elapsedMs / 1000, 1e-3);

@@ -249,6 +249,29 @@ async function checkSlideMap(page, sc, timings) {
   await page.keyboard.press('+');
   check((await page.evaluate(() => window.clipitApp.map.view.s)) > s0, 'the + key zooms the map in');
   await page.keyboard.press('0');
+
+  // Map again one tile per request, and cancel it mid-way; then the downloads are off.
+  await page.evaluate(() => (window.clipitApp.map.maxChunk = 1));
+  await page.evaluate(
+    () =>
+      new Promise((resolve) => {
+        const M = window.clipitApp.map;
+        document.querySelector('#map-run').click();
+        const t = setInterval(() => {
+          if (M.state !== 'running' || M.done < 1) return;
+          clearInterval(t);
+          document.querySelector('#map-cancel').click(); // as a user would, between two requests
+          resolve();
+        }, 0);
+      }),
+  );
+  await page.waitForFunction(() => window.clipitApp.map.state !== 'running', null, { timeout: STEP_TIMEOUT });
+  const c = await page.evaluate(() => ({ state: window.clipitApp.map.state, done: window.clipitApp.map.done, total: window.clipitApp.map.total }));
+  check(c.state === 'cancelled' && c.done < c.total, `Cancel stops the map after ${c.done} of ${c.total} tiles`);
+  check(await page.isDisabled('#map-csv'), 'the downloads are off for a cancelled map');
+  await page.evaluate(() => (window.clipitApp.map.maxChunk = 256));
+  await page.click('#map-run');
+  await page.waitForFunction(() => window.clipitApp.map.state === 'done', null, { timeout: STEP_TIMEOUT });
   await page.locator('#slidemap').screenshot({ path: path.join(OUT, `clipit-e2e-${sc.name}-slidemap.png`) });
 }
 
