@@ -6,7 +6,9 @@
 #                       end in headless Chromium (tests/e2e/run.sh; CLIPIT_SKIP_E2E=1 skips it)
 #   ./build.sh cli      build the native CLI only
 #   ./build.sh web      build the browser module (wasm32 + wasm-bindgen) into pkg/
-#   ./build.sh serve    build it and serve the page (www/ + pkg/) on http://127.0.0.1:8080
+#   ./build.sh serve    build it and serve the page (www/ + pkg/) on http://127.0.0.1:8080; extra
+#                       arguments go to www/serve.py (e.g. --allow-origin https://host to let the
+#                       page load a model from that URL)
 #
 # Builds share one cargo target folder outside the clone ($CARGO_TARGET_DIR, by default
 # ~/.cache/clipit/target), so a second clone or CI reuses the compiled dependencies.
@@ -101,7 +103,7 @@ serve() {
   build_web
   command -v python3 >/dev/null || { echo "python3 not found (it serves the page)" >&2; exit 1; }
   log "serving the page on http://127.0.0.1:${PORT:-8080}/ (Ctrl-C stops it; nothing leaves this machine)"
-  exec python3 www/serve.py --port "${PORT:-8080}"
+  exec python3 www/serve.py --port "${PORT:-8080}" "$@"
 }
 
 run_tests() {
@@ -129,6 +131,6 @@ case "${1:-demo}" in
   test) run_tests ;;
   cli) build_cli ;;
   web) build_web ;;
-  serve) serve ;;
+  serve) shift; serve "$@" ;;
   *) echo "usage: ./build.sh [demo|test|cli|web|serve]" >&2; exit 2 ;;
 esac

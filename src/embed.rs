@@ -1,5 +1,6 @@
 //! Batched embedding of image files and texts with a loaded [`Model`], shared by the CLI
-//! commands (embed, retrieve, zero-shot).
+//! commands (embed, retrieve, zero-shot), and a 2-D principal component map of embeddings
+//! ([`pca_2d`], the page's "How it works" panel).
 
 use std::path::{Path, PathBuf};
 
@@ -101,4 +102,195 @@ pub fn embed_texts<S: AsRef<str>>(
         progress(done);
     }
     Ok(values)
+}
+
+/// A 2-D principal component projection of row vectors (see [`pca_2d`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pca2 {
+    /// Each row's coordinates on the first and second principal components, in input order.
+    pub coords: Vec<[f32; 2]>,
+    /// The two principal directions, unit length, `dim` values each.
+    pub components: [Vec<f32>; 2],
+    /// The mean row that was subtracted.
+    pub mean: Vec<f32>,
+    /// The share of the total variance along each component (0 to 1).
+    pub explained: [f32; 2],
+}
+
+/// Power-iteration steps per component at most; each costs two passes over the rows.
+const PCA_MAX_ITERS: usize = 500;
+
+/// The first two principal components of `rows` (row-major, `dim` values per row) and every
+/// row's coordinates on them, computed on the host in f64 by power iteration on the centred rows
+/// (`v ← Xᵀ X v`, then deflation), which needs no `dim × dim` matrix. The start vector and the
+/// signs are deterministic: each component's largest coordinate (by magnitude) is positive.
+/// A direction without variance (all rows equal, or rows on a line) gets all-zero coordinates.
+/// `what` names the input in errors.
+pub fn pca_2d(values: &[f32], dim: usize, what: &str) -> Result<Pca2> {
+    let bad = |msg: String| crate::Error::Format { path: what.to_string(), msg };
+    if dim == 0 || values.len() % dim != 0 {
+        return Err(bad(format!("{} values do not make rows of {dim}", values.len())));
+    }
+    let n = values.len() / dim;
+    if n < 2 {
+        return Err(bad(format!("a 2-D map needs at least 2 embeddings, got {n}")));
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!("embedding {} has a non-finite value", i / dim)));
+    }
+    let mut mean = vec![0f64; dim];
+    for row in values.chunks(dim) {
+        mean.iter_mut().zip(row).for_each(|(m, &v)| *m += v as f64);
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let x: Vec<f64> =
+        values.chunks(dim).flat_map(|r| r.iter().zip(&mean).map(|(&v, m)| v as f64 - m)).collect();
+    let total: f64 = x.iter().map(|v| v * v).sum();
+    let mut found: Vec<Vec<f64>> = Vec::with_capacity(2);
+    let mut lambdas = [0f64; 2];
+    for (k, lambda) in lambdas.iter_mut().enumerate() {
+        let (v, l) = leading_direction(&x, dim, &found, k, total);
+        *lambda = l;
+        found.push(v);
+    }
+    let scale = if total > 0.0 { total } else { 1.0 };
+    let coords = x
+        .chunks(dim)
+        .map(|r| [0, 1].map(|k| r.iter().zip(&found[k]).map(|(a, b)| a * b).sum::<f64>() as f32))
+        .collect();
+    Ok(Pca2 {
+        coords,
+        components: [0, 1].map(|k| found[k].iter().map(|&v| v as f32).collect()),
+        mean: mean.into_iter().map(|m| m as f32).collect(),
+        explained: lambdas.map(|l| (l / scale) as f32),
+    })
+}
+
+/// The unit direction of largest variance of the centred rows `x`, orthogonal to `found`, and
+/// its sum of squared projections; a zero vector when no variance is left (`total` is the
+/// rows' total sum of squares).
+fn leading_direction(
+    x: &[f64],
+    dim: usize,
+    found: &[Vec<f64>],
+    seed: usize,
+    total: f64,
+) -> (Vec<f64>, f64) {
+    let project_out = |v: &mut Vec<f64>| {
+        for f in found {
+            let d: f64 = v.iter().zip(f).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(f).for_each(|(a, b)| *a -= d * b);
+        }
+    };
+    let normalise = |v: &mut Vec<f64>| {
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|a| *a /= norm);
+        }
+        norm
+    };
+    // X^T X v, one pass over the rows.
+    let apply = |v: &[f64]| {
+        let mut out = vec![0f64; dim];
+        for row in x.chunks(dim) {
+            let p: f64 = row.iter().zip(v).map(|(a, b)| a * b).sum();
+            out.iter_mut().zip(row).for_each(|(o, r)| *o += p * r);
+        }
+        out
+    };
+    // A fixed, generic start vector (no randomness): uneven weights on every coordinate.
+    let mut v: Vec<f64> =
+        (0..dim).map(|i| 1.0 + ((i * 7 + seed * 13) % 11) as f64 / 10.0).collect();
+    project_out(&mut v);
+    if normalise(&mut v) == 0.0 {
+        return (vec![0.0; dim], 0.0);
+    }
+    let mut lambda = 0.0;
+    for _ in 0..PCA_MAX_ITERS {
+        let mut next = apply(&v);
+        project_out(&mut next);
+        let norm = normalise(&mut next);
+        if norm <= 1e-12 * total {
+            return (vec![0.0; dim], 0.0);
+        }
+        let change: f64 = next.iter().zip(&v).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        v = next;
+        let converged = (norm - lambda).abs() <= 1e-12 * norm && change < 1e-9;
+        lambda = norm;
+        if converged {
+            break;
+        }
+    }
+    let biggest = v.iter().copied().fold(0f64, |a, b| if b.abs() > a.abs() { b } else { a });
+    if biggest < 0.0 {
+        v.iter_mut().for_each(|a| *a = -*a);
+    }
+    (v, lambda)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows `a·u + b·w + c` with known orthonormal `u`, `w` in 5-D: the components are ±u, ±w.
+    fn plane() -> (Vec<f32>, Vec<f64>, Vec<f64>, Vec<[f64; 2]>) {
+        let s = 0.5f64.sqrt();
+        let u = vec![s, s, 0.0, 0.0, 0.0];
+        let w = vec![0.0, 0.0, 0.6, 0.8, 0.0];
+        let c = [1.0, -2.0, 0.5, 3.0, 7.0];
+        let mut values = Vec::new();
+        let mut ab = Vec::new();
+        for i in 0..40 {
+            let t = i as f64 / 40.0 * std::f64::consts::TAU;
+            let (a, b) = (3.0 * t.cos(), 1.0 * t.sin());
+            ab.push([a, b]);
+            values.extend((0..5).map(|j| (a * u[j] + b * w[j] + c[j]) as f32));
+        }
+        (values, u, w, ab)
+    }
+
+    #[test]
+    fn pca_finds_the_plane_and_its_coordinates() {
+        let (values, u, w, ab) = plane();
+        let p = pca_2d(&values, 5, "plane").unwrap();
+        let dot = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum::<f64>();
+        assert!(dot(&p.components[0], &u).abs() > 0.9999, "{:?}", p.components[0]);
+        assert!(dot(&p.components[1], &w).abs() > 0.9999, "{:?}", p.components[1]);
+        // Variances 9/2 and 1/2 of 5 in all: 90 % and 10 %.
+        assert!((p.explained[0] - 0.9).abs() < 1e-4 && (p.explained[1] - 0.1).abs() < 1e-4);
+        let signs = [dot(&p.components[0], &u).signum(), dot(&p.components[1], &w).signum()];
+        for (got, want) in p.coords.iter().zip(&ab) {
+            for k in 0..2 {
+                assert!((got[k] as f64 - signs[k] * want[k]).abs() < 1e-4, "{got:?} vs {want:?}");
+            }
+        }
+        assert!((p.mean[4] - 7.0).abs() < 1e-5);
+        // Deterministic, and the sign rule holds.
+        assert_eq!(p, pca_2d(&values, 5, "plane").unwrap());
+        for c in &p.components {
+            let big = c.iter().copied().fold(0f32, |a, b| if b.abs() > a.abs() { b } else { a });
+            assert!(big > 0.0);
+        }
+    }
+
+    #[test]
+    fn pca_of_a_line_has_no_second_component() {
+        let values: Vec<f32> = (0..10).flat_map(|i| [i as f32, 2.0 * i as f32, 1.0]).collect();
+        let p = pca_2d(&values, 3, "line").unwrap();
+        assert!((p.explained[0] - 1.0).abs() < 1e-6);
+        assert!(p.coords.iter().all(|c| c[1].abs() < 1e-4));
+        assert!(((p.coords[9][0] - p.coords[0][0]).abs() - 9.0 * 5f32.sqrt()).abs() < 1e-3);
+    }
+
+    #[test]
+    fn pca_names_bad_inputs() {
+        let e = pca_2d(&[1.0, 2.0, 3.0], 2, "tiles").unwrap_err().to_string();
+        assert!(e.contains("tiles") && e.contains("rows of 2"), "{e}");
+        let e = pca_2d(&[1.0, 2.0], 2, "tiles").unwrap_err().to_string();
+        assert!(e.contains("at least 2"), "{e}");
+        let e = pca_2d(&[1.0, f32::NAN, 0.0, 0.0], 2, "tiles").unwrap_err().to_string();
+        assert!(e.contains("non-finite"), "{e}");
+        let p = pca_2d(&[1.0, 1.0, 1.0, 1.0], 2, "same").unwrap();
+        assert_eq!(p.coords, vec![[0.0, 0.0]; 2]);
+    }
 }

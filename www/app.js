@@ -1,10 +1,14 @@
 // The page: drives the engine in worker.js with postMessage and shows the results.
 // Plain JavaScript, no framework; every file stays on this machine. The Train panel lives in
-// train.js and the demo bundle in demo.js; both get the helpers below through `ctx`.
+// train.js, the demo bundle in demo.js, the model cache and URL loading in models.js, the "How it
+// works" map in how.js; they get the helpers below through `ctx`.
 import { initTrain } from './train.js';
 import { initMap } from './map.js';
 import { findDemo, loadDemo } from './demo.js';
 import { entriesOf, topLevel } from './files.js';
+import { exportCsv } from './export.js';
+import { initModels } from './models.js';
+import { initHow } from './how.js';
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
@@ -174,7 +178,8 @@ function renderBackend() {
   badge.title = b.reason || '';
 }
 
-async function loadModel(name, files) {
+/** Loads a checkpoint's files; `cache: false` keeps them out of the model cache (models.js). */
+async function loadModel(name, files, { cache = true } = {}) {
   const wanted = files.filter((f) => MODEL_EXT.test(f.name) && !f.name.startsWith('.'));
   if (!wanted.length) {
     setStatus('No model files there: expected a config JSON and .safetensors weights.', 'error');
@@ -197,6 +202,7 @@ async function loadModel(name, files) {
     renderGrid();
     setStatus(`Loaded ${name} (${app.model.architecture}) on ${app.model.backend === 'webgpu' ? 'WebGPU' : 'the CPU'} in ${fmtMs(app.model.load_ms)}.`);
   });
+  if (cache) models.remember(name, wanted);
   if (app.tiles.length && app.model.has_text) await classify();
   train.onModelChanged();
 }
@@ -395,6 +401,7 @@ async function classify() {
     renderGrid();
     setStatus(msg);
   });
+  document.dispatchEvent(new CustomEvent('clipit:classified')); // the "How it works" map
 }
 
 async function sendCorpus(file) {
@@ -451,32 +458,6 @@ function stepDetail(delta) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Export.
-
-const csvField = (s) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
-
-function exportCsv() {
-  const retrieval = app.tiles.some((t) => t.hits && t.hits.length);
-  const head = ['image', 'prediction', 'confidence', ...app.classes];
-  if (retrieval) head.push('top_report_id', 'top_report_score');
-  const rows = [head.map(csvField).join(',')];
-  for (const t of app.tiles) {
-    const pred = t.prediction !== null ? app.classes[t.prediction] : '';
-    const probs = t.probs ? t.probs.map((p) => p.toFixed(6)) : app.classes.map(() => '');
-    const row = [csvField(t.name), csvField(pred), t.probs ? t.probs[t.prediction].toFixed(6) : '', ...probs];
-    if (retrieval) row.push(csvField(t.hits && t.hits[0] ? String(t.hits[0].id) : ''), t.hits && t.hits[0] ? t.hits[0].score.toFixed(6) : '');
-    rows.push(row.join(','));
-  }
-  const blob = new Blob([rows.join('\n') + '\n'], { type: 'text/csv' });
-  const a = el('a', { href: URL.createObjectURL(blob), download: 'clipit-predictions.csv' });
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
-  setStatus(`Exported ${app.tiles.length} row(s) as clipit-predictions.csv.`);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Wiring.
 
 function dropzone(node, onDrop) {
@@ -506,7 +487,7 @@ function dropzone(node, onDrop) {
 function wire() {
   $('#backend').addEventListener('change', async () => {
     await busy('Switching the backend', () => initBackend());
-    if (app.modelFiles) await loadModel(app.modelFiles.name, app.modelFiles.files).catch(() => {});
+    if (app.modelFiles) await loadModel(app.modelFiles.name, app.modelFiles.files, { cache: false }).catch(() => {});
   });
   $('#model-folder').addEventListener('change', (e) => {
     const files = [...e.target.files];
@@ -545,7 +526,7 @@ function wire() {
   $('#load-demo').addEventListener('click', () => loadDemo(ctx, app.demo).catch((err) => setStatus(`Loading the demo failed: ${err.message}`, 'error')));
   for (const id of ['#sort', '#filter-class']) $(id).addEventListener('change', renderGrid);
   $('#filter-text').addEventListener('input', renderGrid);
-  $('#export').addEventListener('click', exportCsv);
+  $('#export').addEventListener('click', () => exportCsv(ctx));
   $('#detail-close').addEventListener('click', () => $('#detail').close());
   $('#detail-prev').addEventListener('click', () => stepDetail(-1));
   $('#detail-next').addEventListener('click', () => stepDetail(1));
@@ -588,6 +569,8 @@ async function main() {
 // What train.js and demo.js use.
 const ctx = { app, $, el, call, busy, setStatus, fmtMs, loadModel, addTiles, setCorpus, classify, renderGrid, updateButtons, entriesOf };
 const train = initTrain(ctx);
+const models = initModels(ctx);
 initMap(ctx);
+initHow(ctx);
 
 main();

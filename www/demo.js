@@ -42,5 +42,5 @@ export async function loadDemo(ctx, index) {
     if (!app.tiles.length) await ctx.addTiles(tiles);
   }
   const files = await Promise.all(index.model.map((f) => fetchFile(`demo/model/${encodeURIComponent(f)}`, f)));
-  await ctx.loadModel(index.name || 'Demo model', files);
+  await ctx.loadModel(index.name || 'Demo model', files, { cache: false });
 }

@@ -2,7 +2,7 @@
 """Serves the clipit page on 127.0.0.1 only: www/ at /, pkg/ (wasm-bindgen's output) at /pkg/ and
 the demo bundle (data/demo/) at /demo/.
 
-    python3 www/serve.py [--port 8080] [--root REPO] [--demo DIR]
+    python3 www/serve.py [--port 8080] [--root REPO] [--demo DIR] [--allow-origin URL ...]
 
 The demo bundle is an open_clip folder `model/`, a report corpus `reports.jsonl` and labelled
 tiles `tiles/<class>/<image>`; `/demo/index.json` lists them (404 when there is no bundle), so
@@ -10,7 +10,11 @@ the page can offer and auto-load it.
 
 Only files with a known type are served, with the right MIME type (application/wasm for the
 module, text/javascript for the worker) and a Content-Security-Policy that lets the page talk to
-this origin only. Port 0 picks a free port; the first line on stdout says which.
+this origin only (`connect-src 'self'`). `--allow-origin https://host` (repeatable) adds that
+origin, and nothing else, to `connect-src`, so that the page's "Load from a URL" can fetch a model
+from it (the other server must also send CORS headers). A Content-Security-Policy sent as a header
+cannot be widened by the page at run time, so this is the one switch. Port 0 picks a free port;
+the first line on stdout says which.
 """
 import argparse
 import http.server
@@ -46,6 +50,24 @@ CSP = (
 )
 
 
+def origin_of(url):
+    """The origin (scheme://host[:port]) of an http(s) URL; ValueError names what is wrong."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--allow-origin {url!r}: give an http:// or https:// URL with a host")
+    if any(c in url for c in " ;,'\"\n"):
+        raise ValueError(f"--allow-origin {url!r}: spaces, quotes, commas and semicolons are not allowed")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def csp_for(origins):
+    """The page's Content-Security-Policy, with `origins` added to connect-src."""
+    if not origins:
+        return CSP
+    return CSP + "; connect-src 'self' " + " ".join(sorted(set(origins)))
+
+
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -70,7 +92,7 @@ def demo_index(demo):
     return json.dumps({"name": "Demo model", "model": files, "reports": reports, "tiles": tiles}).encode()
 
 
-def make_handler(www, pkg, demo):
+def make_handler(www, pkg, demo, csp=CSP):
     class Handler(http.server.BaseHTTPRequestHandler):
         def version_string(self):
             return "clipit"
@@ -102,7 +124,7 @@ def make_handler(www, pkg, demo):
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(length))
-            self.send_header("Content-Security-Policy", CSP)
+            self.send_header("Content-Security-Policy", csp)
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Referrer-Policy", "no-referrer")
             self.send_header("Cache-Control", "no-cache")
@@ -141,13 +163,21 @@ def main():
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--root", default=os.path.dirname(here), help="the repository (holds www/ and pkg/)")
     ap.add_argument("--demo", help="the demo bundle folder (default: ROOT/data/demo)")
+    ap.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                    help="let the page fetch models from this origin (connect-src); repeatable")
     args = ap.parse_args()
+    try:
+        origins = [origin_of(u) for u in args.allow_origin]
+    except ValueError as e:
+        ap.error(str(e))
     www, pkg = os.path.join(args.root, "www"), os.path.join(args.root, "pkg")
     demo = args.demo or os.path.join(args.root, "data", "demo")
     if not os.path.isfile(os.path.join(pkg, "clipit_bg.wasm")):
         print(f"warning: {pkg}/clipit_bg.wasm is missing: run ./build.sh web", file=sys.stderr)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(www, pkg, demo))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(www, pkg, demo, csp_for(origins)))
     print(f"serving clipit on http://127.0.0.1:{server.server_address[1]}/", flush=True)
+    for o in origins:
+        print(f"the page may fetch models from {o} (connect-src)", file=sys.stderr)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

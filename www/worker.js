@@ -161,6 +161,13 @@ const handlers = {
     return clipit.map_overlay_png();
   },
 
+  // The "How it works" panel: every tile and report on a 2-D PCA map.
+  async howMap({ classes }, progress) {
+    if (!corpus) throw new Error('pick a report corpus (step 3) first');
+    const sel = selection(null);
+    return clipit.how_map(sel.bytes, sel.ids, corpus.bytes, corpus.name, classes || 0, progress);
+  },
+
   forgetClassifier() {
     clipit.forget_classifier();
     return null;

@@ -11,7 +11,8 @@
 //! 4. the Train panel: [`train_prepare`], then [`train_step`] a few steps at a time, [`train_stop`];
 //!    [`classify_trained`] with the result; [`export_adapter`] / [`import_adapter`];
 //! 5. the Slide map panel: [`map_open`], [`map_start`], [`map_step`] until finished, then
-//!    [`map_geojson`], [`map_csv`], [`map_overlay_png`].
+//!    [`map_geojson`], [`map_csv`], [`map_overlay_png`];
+//! 6. the "How it works" panel: [`how_map`], tiles and reports on a 2-D PCA map.
 //!
 //! Everything runs on the user's device: nothing here opens a connection. Image embeddings are
 //! cached per model by content hash, and the report corpus's text embeddings per corpus, so that
@@ -20,6 +21,7 @@
 
 mod api;
 mod device;
+mod how;
 mod images;
 mod js;
 mod map;
@@ -33,6 +35,7 @@ pub use api::{
     classify, embed_images, embed_texts, load_model, model_info, unload_model, zero_shot,
 };
 pub use device::{backend_info, init};
+pub use how::how_map;
 pub use images::{default_templates, thumbnail};
 pub use map::{map_close, map_csv, map_geojson, map_open, map_overlay_png, map_start, map_step};
 pub use reports::retrieve;

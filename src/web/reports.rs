@@ -56,6 +56,31 @@ pub(super) async fn corpus_embeds(
     Ok(c)
 }
 
+/// The `k` reports most similar to each readable image row (by cosine), scored on the model's
+/// device in blocks: row index → `(report index, cosine)`, best first.
+pub(super) async fn top_reports(
+    loaded: &Loaded,
+    rows: &[Result<Rc<Vec<f32>>, String>],
+    reports: &CorpusEmbeds,
+    k: usize,
+) -> Result<HashMap<usize, Vec<(usize, f32)>>, JsError> {
+    let ok: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_ok()).collect();
+    let mut hits = HashMap::new();
+    let dim = loaded.model.embed_dim;
+    for block in ok.chunks(SCORE_BLOCK) {
+        let values: Vec<f32> = block
+            .iter()
+            .flat_map(|&i| rows[i].as_ref().expect("ok rows").iter().copied())
+            .collect();
+        let embeds: Tensor<2> = matrix_from_host(&values, dim, &loaded.device).map_err(err)?;
+        let top = top_k_async(embeds, reports.embeds.clone(), k.min(reports.corpus.len()))
+            .await
+            .map_err(err)?;
+        hits.extend(block.iter().copied().zip(top));
+    }
+    Ok(hits)
+}
+
 /// CLIP-IT retrieval: the `k` reports of the corpus (plain text, one report per line, or JSONL
 /// `{"id", "text"}`; `corpus_name` names it in errors) most similar to each image by cosine.
 /// The corpus's embeddings are kept for the next call with the same corpus and model.
@@ -92,20 +117,7 @@ pub async fn retrieve(
     let reports = corpus_embeds(&loaded, &corpus.to_vec(), &corpus_name, &progress).await?;
     let names = image_names(names, images.len())?;
     let rows = image_rows(&loaded, &images_from_js(&images), &names, &progress).await?;
-    let ok: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_ok()).collect();
-    let mut hits: HashMap<usize, Vec<(usize, f32)>> = HashMap::new();
-    let dim = loaded.model.embed_dim;
-    for block in ok.chunks(SCORE_BLOCK) {
-        let values: Vec<f32> = block
-            .iter()
-            .flat_map(|&i| rows[i].as_ref().expect("ok rows").iter().copied())
-            .collect();
-        let embeds: Tensor<2> = matrix_from_host(&values, dim, &loaded.device).map_err(err)?;
-        let top = top_k_async(embeds, reports.embeds.clone(), k.min(reports.corpus.len()))
-            .await
-            .map_err(err)?;
-        hits.extend(block.iter().copied().zip(top));
-    }
+    let mut hits = top_reports(&loaded, &rows, &reports, k).await?;
     let c = &reports.corpus;
     let images = names
         .into_iter()

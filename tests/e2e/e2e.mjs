@@ -17,25 +17,20 @@
 //     labelled folder, trains a few CLIP-IT steps with a pause in the middle, checks the chart and
 //     the confusion matrix, exports the adapter, checks the page's trained predictions against
 //     the native library's for that file (examples/adapter_predict, 1e-3), imports it back, and
-//     screenshots every panel at 1280×800 and at phone width.
-import { execFileSync, spawn } from 'node:child_process';
+//     screenshots every panel at 1280×800 and at phone width;
+//   - on the CPU, the committed demo bundle with the default server, the "How it works" map, loading
+//     from a URL and the model cache (demo.mjs).
+// Shared helpers are in lib.mjs.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { CLASSES, OUT, REF, ROOT, STEP_TIMEOUT, TOL, TOP_K, check, cliPairs, cliProbs, compareHits, compareProbs, exportCsv, idle, log, openBrowser, parseCsv, result, startServer } from './lib.mjs';
+import { runRealDemo } from './demo.mjs';
 
-const ROOT = path.resolve(process.env.E2E_ROOT || path.join(path.dirname(new URL(import.meta.url).pathname), '../..'));
-const REF = process.env.E2E_REF; // folder with the CLI's outputs (run.sh writes it)
-const OUT = process.env.E2E_OUT || '/tmp';
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const TOL = 1e-3;
 const TILES = path.join(ROOT, 'tests/data/tiles');
 const CORPUS = path.join(ROOT, 'data/reports/demo_reports.jsonl');
-const CLASSES = fs.readFileSync(path.join(REF, 'classes.txt'), 'utf8').trim().split(',');
 const TEMPLATES = fs.readFileSync(path.join(REF, 'templates.txt'), 'utf8').trim().split('\n');
-const TOP_K = 3;
 const ONLY = (process.env.E2E_SCENARIOS || 'webgpu,cpu').split(',');
-const STEP_TIMEOUT = Number(process.env.E2E_STEP_TIMEOUT_MS || 600000);
 const DEMO = process.env.E2E_DEMO; // a demo bundle folder (run.sh builds one from the fixtures)
 const ADAPTER_PREDICT = process.env.E2E_ADAPTER_PREDICT; // the native adapter_predict example
 const SLIDE = path.join(ROOT, 'tests/data/slides/cmu_small_region.svs');
@@ -47,131 +42,6 @@ const SCENARIOS = [
   { name: 'cpu', flags: BASE_FLAGS, expect: 'cpu' },
 ];
 
-let failures = 0;
-const log = (...a) => console.log(...a);
-function check(cond, what) {
-  if (cond) log(`  ok   ${what}`);
-  else {
-    failures++;
-    log(`  FAIL ${what}`);
-  }
-  return cond;
-}
-
-function parseCsv(text) {
-  const rows = [];
-  for (const line of text.trim().split('\n')) {
-    const cells = [];
-    let cur = '';
-    let quoted = false;
-    for (let i = 0; i < line.length; i++) {
-      const c = line[i];
-      if (quoted) {
-        if (c === '"' && line[i + 1] === '"') (cur += '"'), i++;
-        else if (c === '"') quoted = false;
-        else cur += c;
-      } else if (c === '"') quoted = true;
-      else if (c === ',') cells.push(cur), (cur = '');
-      else cur += c;
-    }
-    cells.push(cur);
-    rows.push(cells);
-  }
-  const [head, ...body] = rows;
-  return body.map((r) => Object.fromEntries(head.map((h, i) => [h, r[i]])));
-}
-
-// The CLI's zero-shot CSV: image path -> probabilities in class order.
-function cliProbs(file) {
-  const out = new Map();
-  for (const row of parseCsv(fs.readFileSync(file, 'utf8'))) out.set(path.basename(row.image), CLASSES.map((c) => Number(row[c])));
-  return out;
-}
-
-// The CLI's pseudo-pairs JSONL: image -> [{report_id, score, rank}].
-function cliPairs(file) {
-  const out = new Map();
-  for (const line of fs.readFileSync(file, 'utf8').split('\n').filter(Boolean)) {
-    const p = JSON.parse(line);
-    const key = path.basename(p.image);
-    if (!out.has(key)) out.set(key, []);
-    out.get(key).push(p);
-  }
-  for (const v of out.values()) v.sort((a, b) => a.rank - b.rank);
-  return out;
-}
-
-async function startServer() {
-  const demoArgs = DEMO ? ['--demo', DEMO] : [];
-  const proc = spawn('python3', [path.join(ROOT, 'www/serve.py'), '--port', '0', '--root', ROOT, ...demoArgs], { env: { ...process.env, CLIPIT_SERVE_QUIET: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = await new Promise((resolve, reject) => {
-    let buf = '';
-    proc.stdout.on('data', (d) => {
-      buf += d;
-      const m = buf.match(/127\.0\.0\.1:(\d+)/);
-      if (m) resolve(Number(m[1]));
-    });
-    proc.on('exit', (code) => reject(new Error(`the server exited (${code})`)));
-  });
-  return { proc, port };
-}
-
-async function idle(page, what) {
-  await page.waitForFunction(() => document.body.dataset.busy === '0' && window.clipitApp.busy === 0, null, { timeout: STEP_TIMEOUT, polling: 200 });
-  const status = await page.textContent('#status');
-  const kind = await page.getAttribute('#status', 'data-kind');
-  check(kind !== 'error', `${what}: ${status}`);
-  return status;
-}
-
-async function exportCsv(page) {
-  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
-  return parseCsv(fs.readFileSync(await download.path(), 'utf8'));
-}
-
-function compareProbs(rows, ref, label) {
-  let maxDiff = 0;
-  let compared = 0;
-  let samePred = true;
-  for (const row of rows) {
-    const want = ref.get(path.basename(row.image));
-    if (!want) continue;
-    const got = CLASSES.map((c) => Number(row[c]));
-    got.forEach((g, i) => (maxDiff = Math.max(maxDiff, Math.abs(g - want[i]))));
-    const wantPred = CLASSES[want.indexOf(Math.max(...want))];
-    const sorted = [...want].sort((a, b) => b - a);
-    if (row.prediction !== wantPred && sorted[0] - sorted[1] > TOL) samePred = false;
-    compared++;
-  }
-  check(compared === ref.size && compared === rows.length, `${label}: ${compared} tiles in the CSV, ${ref.size} from the CLI`);
-  check(maxDiff <= TOL, `${label}: probabilities match the CLI (max |diff| ${maxDiff.toExponential(2)} <= ${TOL})`);
-  check(samePred, `${label}: predicted classes match the CLI`);
-  return maxDiff;
-}
-
-async function compareHits(page, ref, label) {
-  const tiles = await page.evaluate(() => window.clipitApp.tiles.map((t) => ({ name: t.name, hits: t.hits })));
-  let maxDiff = 0;
-  let idsOk = true;
-  let n = 0;
-  for (const t of tiles) {
-    const want = ref.get(path.basename(t.name));
-    if (!want || !t.hits) continue;
-    n++;
-    if (t.hits.length !== want.length) idsOk = false;
-    t.hits.forEach((h, i) => {
-      const w = want[i];
-      if (!w) return;
-      maxDiff = Math.max(maxDiff, Math.abs(h.score - w.score));
-      // Near-ties may swap ranks; then only the scores are compared.
-      const tie = want.some((o) => o !== w && Math.abs(o.score - w.score) <= TOL);
-      if (String(h.id) !== String(w.report_id) && !tie) idsOk = false;
-    });
-  }
-  check(n === ref.size, `${label}: reports retrieved for ${n} of ${ref.size} tiles`);
-  check(idsOk, `${label}: the same top-${TOP_K} report ids as the CLI`);
-  check(maxDiff <= TOL, `${label}: report scores match the CLI (max |diff| ${maxDiff.toExponential(2)})`);
-}
 
 // Drops every file of `dir` on a drop zone (as files: a synthetic drop carries no folders).
 async function dropFiles(page, selector, dir) {
@@ -275,25 +145,6 @@ async function checkSlideMap(page, sc, timings) {
   await page.locator('#slidemap').screenshot({ path: path.join(OUT, `clipit-e2e-${sc.name}-slidemap.png`) });
 }
 
-// A fresh browser for a scenario; every request is recorded for the privacy check.
-async function openBrowser(sc, port, viewport = { width: 1280, height: 900 }) {
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'clipit-chromium-'));
-  const context = await chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, headless: true, args: sc.flags, acceptDownloads: true, viewport });
-  const origin = `http://127.0.0.1:${port}`;
-  const requests = [];
-  context.on('request', (r) => requests.push(r.url()));
-  const page = context.pages()[0] || (await context.newPage());
-  page.on('console', (m) => (m.type() === 'error' || process.env.E2E_VERBOSE) && log(`  [console.${m.type()}] ${m.text()}`));
-  page.on('pageerror', (e) => log(`  [pageerror] ${e.message}`));
-  const close = async () => {
-    await context.close();
-    fs.rmSync(userDataDir, { recursive: true, force: true });
-    const foreign = requests.filter((u) => !(u.startsWith(`${origin}/`) || u.startsWith(`blob:${origin}/`) || u.startsWith('data:')));
-    check(requests.some((u) => u.endsWith('/pkg/clipit_bg.wasm')), `the worker's requests are recorded too (${requests.length} requests)`);
-    check(foreign.length === 0, `no request leaves 127.0.0.1${foreign.length ? `: ${foreign.join(', ')}` : ''}`);
-  };
-  return { page, origin, close };
-}
 
 async function runScenario(sc, port) {
   log(`\n== scenario ${sc.name} (expects ${sc.expect})`);
@@ -511,7 +362,7 @@ async function checkServer(port) {
   check(outside.every((r) => r.status === 404), 'nothing outside www/ and pkg/ is served');
 }
 
-const { proc, port } = await startServer();
+const { proc, port } = await startServer(DEMO ? ['--demo', DEMO] : []);
 const all = {};
 try {
   await checkServer(port);
@@ -519,8 +370,10 @@ try {
     try {
       all[sc.name] = await runScenario(sc, port);
       if (DEMO) Object.assign(all[sc.name], await runTraining(sc, port));
+      // The committed demo bundle with the default server: on the CPU only (the fastest).
+      if (sc.name === 'cpu') Object.assign(all[sc.name], await runRealDemo(sc, SLIDE));
     } catch (err) {
-      failures++;
+      result.failures++;
       log(`  FAIL scenario ${sc.name}: ${err.stack || err}`);
     }
   }
@@ -528,5 +381,5 @@ try {
   proc.kill();
 }
 fs.writeFileSync(path.join(OUT, 'clipit-e2e-timings.json'), JSON.stringify(all, null, 2));
-log(failures ? `\n${failures} check(s) failed` : '\nall end-to-end checks passed');
-process.exit(failures ? 1 : 0);
+log(result.failures ? `\n${result.failures} check(s) failed` : '\nall end-to-end checks passed');
+process.exit(result.failures ? 1 : 0);

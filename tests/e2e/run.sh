@@ -72,6 +72,14 @@ for m in open_clip conch; do
     --top-k 3 --out "$REF/${m}_pairs.jsonl" --no-cache 2>/dev/null
 done
 
+log "native references on the committed demo bundle (data/demo), classes in the page's order"
+DEMO_CLASSES="$(cd data/demo/tiles && LC_ALL=C ls -d -- */ | sed 's:/$::' | paste -sd, -)"
+echo "$DEMO_CLASSES" > "$REF/real_demo_classes.txt"
+"$CLI" zero-shot --model data/demo/model --images data/demo/tiles --classes "$DEMO_CLASSES" \
+  --out "$REF/real_demo.csv" >/dev/null
+"$CLI" retrieve --model data/demo/model --images data/demo/tiles --reports data/demo/reports.jsonl \
+  --top-k 1 --out "$REF/real_demo_pairs.jsonl" --no-cache 2>/dev/null
+
 log "native reference map (clipit map on the CMU slide)"
 "$CLI" map --model tests/fixtures/open_clip --classes "$CLASSES" --templates "$REF/templates.txt" \
   --slide tests/data/slides/cmu_small_region.svs --tile-size 224 --out "$REF/map" >"$REF/map_summary.json" 2>/dev/null

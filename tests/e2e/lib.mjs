@@ -1,0 +1,164 @@
+// Shared helpers of the end-to-end tests (e2e.mjs, demo.mjs): the checks and their count, CSV
+// parsing, the native references, the server, a browser with every request recorded.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+export const ROOT = path.resolve(process.env.E2E_ROOT || path.join(path.dirname(new URL(import.meta.url).pathname), '../..'));
+export const REF = process.env.E2E_REF; // folder with the CLI's outputs (run.sh writes it)
+export const OUT = process.env.E2E_OUT || '/tmp';
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const TOL = 1e-3;
+export const CLASSES = fs.readFileSync(path.join(REF, 'classes.txt'), 'utf8').trim().split(',');
+export const STEP_TIMEOUT = Number(process.env.E2E_STEP_TIMEOUT_MS || 600000);
+export const TOP_K = 3;
+
+/** The number of failed checks so far. */
+export const result = { failures: 0 };
+export const log = (...a) => console.log(...a);
+export function check(cond, what) {
+  if (cond) log(`  ok   ${what}`);
+  else {
+    result.failures++;
+    log(`  FAIL ${what}`);
+  }
+  return cond;
+}
+
+export function parseCsv(text) {
+  const rows = [];
+  for (const line of text.trim().split('\n')) {
+    const cells = [];
+    let cur = '';
+    let quoted = false;
+    for (let i = 0; i < line.length; i++) {
+      const c = line[i];
+      if (quoted) {
+        if (c === '"' && line[i + 1] === '"') (cur += '"'), i++;
+        else if (c === '"') quoted = false;
+        else cur += c;
+      } else if (c === '"') quoted = true;
+      else if (c === ',') cells.push(cur), (cur = '');
+      else cur += c;
+    }
+    cells.push(cur);
+    rows.push(cells);
+  }
+  const [head, ...body] = rows;
+  return body.map((r) => Object.fromEntries(head.map((h, i) => [h, r[i]])));
+}
+
+// The CLI's zero-shot CSV: image path -> probabilities in class order.
+export function cliProbs(file, classes = CLASSES) {
+  const out = new Map();
+  for (const row of parseCsv(fs.readFileSync(file, 'utf8'))) out.set(path.basename(row.image), classes.map((c) => Number(row[c])));
+  return out;
+}
+
+// The CLI's pseudo-pairs JSONL: image -> [{report_id, score, rank}].
+export function cliPairs(file) {
+  const out = new Map();
+  for (const line of fs.readFileSync(file, 'utf8').split('\n').filter(Boolean)) {
+    const p = JSON.parse(line);
+    const key = path.basename(p.image);
+    if (!out.has(key)) out.set(key, []);
+    out.get(key).push(p);
+  }
+  for (const v of out.values()) v.sort((a, b) => a.rank - b.rank);
+  return out;
+}
+
+/** Starts www/serve.py on a free port with these extra arguments; resolves to {proc, port}. */
+export async function startServer(args = []) {
+  const proc = spawn('python3', [path.join(ROOT, 'www/serve.py'), '--port', '0', '--root', ROOT, ...args], { env: { ...process.env, CLIPIT_SERVE_QUIET: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise((resolve, reject) => {
+    let buf = '';
+    proc.stdout.on('data', (d) => {
+      buf += d;
+      const m = buf.match(/127\.0\.0\.1:(\d+)/);
+      if (m) resolve(Number(m[1]));
+    });
+    proc.on('exit', (code) => reject(new Error(`the server exited (${code})`)));
+  });
+  return { proc, port };
+}
+
+export async function idle(page, what) {
+  await page.waitForFunction(() => document.body.dataset.busy === '0' && window.clipitApp.busy === 0, null, { timeout: STEP_TIMEOUT, polling: 200 });
+  const status = await page.textContent('#status');
+  const kind = await page.getAttribute('#status', 'data-kind');
+  check(kind !== 'error', `${what}: ${status}`);
+  return status;
+}
+
+export async function exportCsv(page) {
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
+  return parseCsv(fs.readFileSync(await download.path(), 'utf8'));
+}
+
+export function compareProbs(rows, ref, label, classes = CLASSES) {
+  let maxDiff = 0;
+  let compared = 0;
+  let samePred = true;
+  for (const row of rows) {
+    const want = ref.get(path.basename(row.image));
+    if (!want) continue;
+    const got = classes.map((c) => Number(row[c]));
+    got.forEach((g, i) => (maxDiff = Math.max(maxDiff, Math.abs(g - want[i]))));
+    const wantPred = classes[want.indexOf(Math.max(...want))];
+    const sorted = [...want].sort((a, b) => b - a);
+    if (row.prediction !== wantPred && sorted[0] - sorted[1] > TOL) samePred = false;
+    compared++;
+  }
+  check(compared === ref.size && compared === rows.length, `${label}: ${compared} tiles in the CSV, ${ref.size} from the CLI`);
+  check(maxDiff <= TOL, `${label}: probabilities match the CLI (max |diff| ${maxDiff.toExponential(2)} <= ${TOL})`);
+  check(samePred, `${label}: predicted classes match the CLI`);
+  return maxDiff;
+}
+
+export async function compareHits(page, ref, label) {
+  const tiles = await page.evaluate(() => window.clipitApp.tiles.map((t) => ({ name: t.name, hits: t.hits })));
+  let maxDiff = 0;
+  let idsOk = true;
+  let n = 0;
+  for (const t of tiles) {
+    const want = ref.get(path.basename(t.name));
+    if (!want || !t.hits) continue;
+    n++;
+    if (t.hits.length !== want.length) idsOk = false;
+    t.hits.forEach((h, i) => {
+      const w = want[i];
+      if (!w) return;
+      maxDiff = Math.max(maxDiff, Math.abs(h.score - w.score));
+      // Near-ties may swap ranks; then only the scores are compared.
+      const tie = want.some((o) => o !== w && Math.abs(o.score - w.score) <= TOL);
+      if (String(h.id) !== String(w.report_id) && !tie) idsOk = false;
+    });
+  }
+  check(n === ref.size, `${label}: reports retrieved for ${n} of ${ref.size} tiles`);
+  check(idsOk, `${label}: the same top-${TOP_K} report ids as the CLI`);
+  check(maxDiff <= TOL, `${label}: report scores match the CLI (max |diff| ${maxDiff.toExponential(2)})`);
+}
+
+// A fresh browser for a scenario; every request is recorded for the privacy check.
+// `allow` lists other origins the session may reach (the ones a test types as a model URL).
+export async function openBrowser(sc, port, viewport = { width: 1280, height: 900 }, { allow = [] } = {}) {
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'clipit-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, headless: true, args: sc.flags, acceptDownloads: true, viewport });
+  const origin = `http://127.0.0.1:${port}`;
+  const requests = [];
+  context.on('request', (r) => requests.push(r.url()));
+  const page = context.pages()[0] || (await context.newPage());
+  page.on('console', (m) => (m.type() === 'error' || process.env.E2E_VERBOSE) && log(`  [console.${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => log(`  [pageerror] ${e.message}`));
+  const close = async () => {
+    await context.close();
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+    const foreign = requests.filter((u) => !(u.startsWith(`${origin}/`) || u.startsWith(`blob:${origin}/`) || u.startsWith('data:') || allow.some((o) => u.startsWith(`${o}/`))));
+    check(requests.some((u) => u.endsWith('/pkg/clipit_bg.wasm')), `the worker's requests are recorded too (${requests.length} requests)`);
+    check(foreign.length === 0, `no request leaves 127.0.0.1${allow.length ? ` except to ${allow.join(', ')}` : ''}${foreign.length ? `: ${foreign.join(', ')}` : ''}`);
+  };
+  return { page, origin, close, requests };
+}
