@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod convert;
 pub mod data;
 pub mod embed;

@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands.
 
+mod bench;
 mod commands;
 mod map;
 mod pretrain;
@@ -123,6 +124,8 @@ enum Command {
     },
     /// Tile a slide or large image, classify the tiles over tissue, write GeoJSON, CSV and overlay.
     Map(Box<map::MapArgs>),
+    /// Images per second and peak memory of embedding or one CLIP-IT step (random-init models).
+    Bench(Box<bench::BenchArgs>),
     /// Describe a checkpoint folder: architecture, parameters, dimensions, preprocessing.
     Info {
         /// Checkpoint folder.
@@ -148,6 +151,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Map(args) => map::map(&args),
         Command::Train(args) => train::train(&args),
         Command::Pretrain(args) => pretrain::pretrain(&args),
+        Command::Bench(args) => bench::bench(&args),
         Command::Eval { run, data, json } => train::eval(&run, &data, json),
         Command::Classify { run, images, out } => train::classify(&run, &images, &out),
     }

@@ -1,0 +1,199 @@
+//! `clipit bench`: throughput of image embedding and of one CLIP-IT training step, on full-size
+//! random-init models (no weights needed), with a warm-up, the median of timed runs, and the
+//! process's peak memory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use serde::Serialize;
+
+use crate::lora::{apply_lora, LoraConfig};
+use crate::model::{Model, ModelFiles};
+use crate::train::heads::{ClipItModel, HeadsConfig};
+use crate::train::trainer::{clipit_batch_loss, TrainBatch, TrainOptions, Trainer};
+use crate::{Error, Result};
+
+/// What to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchTask {
+    /// Image embeddings (forward pass only).
+    Embed,
+    /// One CLIP-IT step: image tower with LoRA r 16 on every target, the four heads, CE + KD,
+    /// backward, gradient clipping and Adam.
+    Train,
+}
+
+impl std::str::FromStr for BenchTask {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "embed" => Ok(Self::Embed),
+            "train" => Ok(Self::Train),
+            other => Err(Error::msg(format!("unknown bench task '{other}' (embed, train)"))),
+        }
+    }
+}
+
+/// The result of one benchmark (what `clipit bench --json` prints).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Model name or folder.
+    pub model: String,
+    /// Task timed.
+    pub task: BenchTask,
+    /// Backend name.
+    pub backend: String,
+    /// Images per batch.
+    pub batch: usize,
+    /// Element type of the computation.
+    pub dtype: String,
+    /// Timed runs (after the warm-up).
+    pub runs: usize,
+    /// Median seconds per run.
+    pub median_s: f64,
+    /// Images per second at the median.
+    pub images_per_sec: f64,
+    /// Peak resident memory of the process (host memory; `VmHWM`), 0 where unknown.
+    pub peak_memory_bytes: u64,
+}
+
+/// The open_clip config of a built-in full-size model (`vit-b-32`, `vit-b-16`), as open_clip's
+/// `ViT-B-32.json` / `ViT-B-16.json`.
+pub fn builtin_config(name: &str) -> Option<serde_json::Value> {
+    let patch = match name {
+        "vit-b-32" => 32,
+        "vit-b-16" => 16,
+        _ => return None,
+    };
+    Some(serde_json::json!({
+        "model_cfg": {
+            "embed_dim": 512,
+            "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": patch},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
+        }
+    }))
+}
+
+/// A full-size model with random weights: a built-in name, or a checkpoint folder whose config
+/// is used (its weights are not read).
+pub fn random_model(model: &str, device: &Device) -> Result<Model> {
+    let files = match builtin_config(model) {
+        Some(cfg) => ModelFiles::Memory {
+            name: model.to_string(),
+            files: BTreeMap::from([(
+                "open_clip_config.json".to_string(),
+                Arc::from(cfg.to_string().into_bytes()),
+            )]),
+        },
+        None => ModelFiles::Dir(model.into()),
+    };
+    Model::random(&files, device)
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`; 0 elsewhere).
+pub fn peak_memory_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Times `run` `warmup + runs` times and returns the median of the timed runs in seconds.
+fn median_seconds(warmup: usize, runs: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        run()?;
+    }
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        run()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Options of one benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Built-in model name or checkpoint folder.
+    pub model: String,
+    /// Task.
+    pub task: BenchTask,
+    /// Images per batch.
+    pub batch: usize,
+    /// Warm-up runs (not timed).
+    pub warmup: usize,
+    /// Timed runs.
+    pub runs: usize,
+}
+
+/// Runs one benchmark on `device` (a non-autodiff device; training adds autodiff itself).
+pub fn run(cfg: &BenchConfig, device: &Device, backend: &str) -> Result<BenchResult> {
+    if cfg.batch == 0 {
+        return Err(Error::msg("--batch must be at least 1"));
+    }
+    device.seed(0);
+    let pixels = |size: usize, device: &Device| -> Tensor<4> {
+        Tensor::random([cfg.batch, 3, size, size], Distribution::Normal(0.0, 1.0), device)
+    };
+    let median_s = match cfg.task {
+        BenchTask::Embed => {
+            let model = random_model(&cfg.model, device)?;
+            let x = pixels(model.preprocess.crop, device);
+            median_seconds(cfg.warmup, cfg.runs, || {
+                // Reading the result back waits for the device to finish.
+                model.vision.forward(x.clone()).into_data();
+                Ok(())
+            })?
+        }
+        BenchTask::Train => {
+            let ad = device.clone().autodiff();
+            let model = random_model(&cfg.model, &ad)?;
+            let size = model.preprocess.crop;
+            let vision = model.vision.clone().no_grad();
+            let vision = apply_lora(vision, &model.params, &LoraConfig::new(16, 8.0), 0)?;
+            let heads = HeadsConfig {
+                feature_dim: model.embed_dim,
+                text_dim: model.embed_dim,
+                num_classes: 2,
+                kd_layers: 1,
+            };
+            let net = ClipItModel { backbone: vision, heads: heads.init(&ad), text: None };
+            let opts = TrainOptions { batch_size: cfg.batch, ..TrainOptions::default() };
+            let mut trainer = Trainer::new(net, opts.clone());
+            let labels: Vec<usize> = (0..cfg.batch).map(|i| i % 2).collect();
+            let targets: Vec<f32> = (0..cfg.batch * model.embed_dim)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let x = pixels(size, device).into_data();
+            let batch = TrainBatch::from_host(
+                x.try_to_vec::<f32>().map_err(|e| Error::msg(format!("{e:?}")))?,
+                size,
+                &labels,
+                Some((targets, model.embed_dim)),
+                &ad,
+            );
+            median_seconds(cfg.warmup, cfg.runs, || {
+                trainer.step(0, |m| clipit_batch_loss(m, &batch, &opts)).map(|_| ())
+            })?
+        }
+    };
+    Ok(BenchResult {
+        model: cfg.model.clone(),
+        task: cfg.task,
+        backend: backend.to_string(),
+        batch: cfg.batch,
+        dtype: "f32".into(),
+        runs: cfg.runs,
+        median_s,
+        images_per_sec: cfg.batch as f64 / median_s,
+        peak_memory_bytes: peak_memory_bytes(),
+    })
+}
