@@ -128,7 +128,7 @@ const PCA_MAX_ITERS: usize = 500;
 /// `what` names the input in errors.
 pub fn pca_2d(values: &[f32], dim: usize, what: &str) -> Result<Pca2> {
     let bad = |msg: String| crate::Error::Format { path: what.to_string(), msg };
-    if dim == 0 || values.len() % dim != 0 {
+    if dim == 0 || !values.len().is_multiple_of(dim) {
         return Err(bad(format!("{} values do not make rows of {dim}", values.len())));
     }
     let n = values.len() / dim;
