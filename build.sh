@@ -4,6 +4,7 @@
 #   ./build.sh          set up, build the CLI and run the main job on the built-in demo bundle
 #   ./build.sh test     set up and run every test (what CI runs): cargo test, then the page end to
 #                       end in headless Chromium (tests/e2e/run.sh; CLIPIT_SKIP_E2E=1 skips it)
+#                       and the wasm unit tests in headless Chromium (tests/wasm/run.sh)
 #   ./build.sh cli      build the native CLI only
 #   ./build.sh web      build the browser module (wasm32 + wasm-bindgen) into pkg/
 #   ./build.sh serve    build it and serve the page (www/ + pkg/) on http://127.0.0.1:8080; extra
@@ -123,6 +124,9 @@ run_tests() {
     log "end-to-end test of the page (tests/e2e/run.sh)"
     tests/e2e/run.sh || failed=1
   fi
+  # wasm-bindgen-test unit tests of the library in headless Chromium (tests/wasm.rs).
+  log "wasm unit tests in headless Chromium (tests/wasm/run.sh)"
+  tests/wasm/run.sh || failed=1
   [ "$failed" = 0 ] || { echo "some tests failed (see above)" >&2; exit 1; }
 }
 
@@ -131,6 +135,7 @@ case "${1:-demo}" in
   test) run_tests ;;
   cli) build_cli ;;
   web) build_web ;;
+  web-setup) setup_web ;;
   serve) shift; serve "$@" ;;
   *) echo "usage: ./build.sh [demo|test|cli|web|serve]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,8 @@ use clipit::train::pretrain::{pretrain as run_pretrain, PretrainConfig};
 use clipit::train::trainer::{StepLog, TrainOptions};
 use clipit::weights::export::ExportDtype;
 use clipit::Result;
-use indicatif::{ProgressBar, ProgressStyle};
+
+use super::train::{show_step, step_progress};
 
 /// Options of `clipit pretrain`.
 #[derive(Args, Debug)]
@@ -76,17 +77,8 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
             ..TrainOptions::default()
         },
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps ({eta})")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    let mut on_step = |log: &StepLog, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(log.step as u64);
-        bar.set_message(format!("loss {:.4}", log.loss));
-    };
+    let bar = step_progress();
+    let mut on_step = |log: &StepLog, total: usize| show_step(&bar, log, total);
     let summary = run_pretrain(&cfg, &mut on_step)?;
     bar.finish_and_clear();
     eprintln!(

@@ -12,7 +12,7 @@ use clipit::train::checkpoint::RunDir;
 use clipit::train::heads::HeadsConfig;
 use clipit::train::inference::load_run;
 use clipit::train::run::{data_classes, train as run_training, Method, RunConfig, TrainInputs};
-use clipit::train::trainer::TrainOptions;
+use clipit::train::trainer::{StepLog, TrainOptions};
 use clipit::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -112,6 +112,24 @@ pub struct TrainArgs {
     backend: Backend,
 }
 
+/// A progress bar for training steps (see [`show_step`]).
+pub(super) fn step_progress() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps ({eta})")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Shows a finished step (of `total`) and its loss on `bar`.
+pub(super) fn show_step(bar: &ProgressBar, log: &StepLog, total: usize) {
+    bar.set_length(total as u64);
+    bar.set_position(log.step as u64);
+    bar.set_message(format!("loss {:.4}", log.loss));
+}
+
 /// `clipit train`.
 pub fn train(a: &TrainArgs) -> Result<()> {
     let plain = a.backend.device()?;
@@ -184,17 +202,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     };
     drop(backbone);
     let run = RunDir::create(&a.out)?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps ({eta})")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    let mut on_step = |log: &clipit::train::trainer::StepLog, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(log.step as u64);
-        bar.set_message(format!("loss {:.4}", log.loss));
-    };
+    let bar = step_progress();
+    let mut on_step = |log: &StepLog, total: usize| show_step(&bar, log, total);
     let summary =
         run_training(&cfg, &run, TrainInputs { on_step: &mut on_step, resume: a.resume })?;
     bar.finish_and_clear();

@@ -113,9 +113,7 @@ pub fn write_geojson(
     classes: &[String],
     report_ids: Option<&[String]>,
 ) -> Result<()> {
-    let mut w = AtomicWriter::create(path)?;
-    geojson_to(&mut w, records, classes, report_ids).map_err(|e| Error::io(path, e))?;
-    w.finish()
+    write_file(path, |w| geojson_to(w, records, classes, report_ids))
 }
 
 /// [`geojson_to`] as bytes (the page's download).
@@ -124,10 +122,7 @@ pub fn geojson_bytes(
     classes: &[String],
     report_ids: Option<&[String]>,
 ) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    geojson_to(&mut out, records, classes, report_ids)
-        .map_err(|e| Error::msg(format!("cannot write the GeoJSON: {e}")))?;
-    Ok(out)
+    to_bytes("GeoJSON", |w| geojson_to(w, records, classes, report_ids))
 }
 
 /// A CSV field, quoted when needed.
@@ -177,9 +172,7 @@ pub fn write_csv(
     classes: &[String],
     report_ids: Option<&[String]>,
 ) -> Result<()> {
-    let mut w = AtomicWriter::create(path)?;
-    csv_to(&mut w, records, classes, report_ids).map_err(|e| Error::io(path, e))?;
-    w.finish()
+    write_file(path, |w| csv_to(w, records, classes, report_ids))
 }
 
 /// [`csv_to`] as bytes (the page's download).
@@ -188,9 +181,26 @@ pub fn csv_bytes(
     classes: &[String],
     report_ids: Option<&[String]>,
 ) -> Result<Vec<u8>> {
+    to_bytes("CSV", |w| csv_to(w, records, classes, report_ids))
+}
+
+/// Runs `write` into `path`, atomically.
+fn write_file(
+    path: &Path,
+    write: impl FnOnce(&mut AtomicWriter) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut w = AtomicWriter::create(path)?;
+    write(&mut w).map_err(|e| Error::io(path, e))?;
+    w.finish()
+}
+
+/// Runs `write` into memory; `what` names the output in errors.
+fn to_bytes(
+    what: &str,
+    write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    csv_to(&mut out, records, classes, report_ids)
-        .map_err(|e| Error::msg(format!("cannot write the CSV: {e}")))?;
+    write(&mut out).map_err(|e| Error::msg(format!("cannot write the {what}: {e}")))?;
     Ok(out)
 }
 
