@@ -2,7 +2,9 @@
 // its tiles over tissue are classified a few per request (so Cancel answers at once) with the
 // loaded model (the classes of step 2, or the trained model), and the argmax class of every
 // tile is drawn over the overview with a legend, opacity, zoom and pan. The downloads are the
-// bytes `clipit map` writes. State is in app.map (read by the end-to-end test).
+// bytes `clipit map` writes. Clicking a tile shows its probabilities and, computed then in the
+// worker, the corpus's most similar report (as `clipit map --reports`). State is in app.map
+// (read by the end-to-end test).
 
 /** Aim for one worker request every ~0.7 s, so Cancel answers quickly. */
 const TARGET_MS = 700;
@@ -28,6 +30,7 @@ export function initMap(ctx) {
     elapsedMs: 0,
     error: null,
     selected: null, // index into records
+    report: null, // the selected tile's report: {state: 'none' | 'finding' | 'done' | 'error', hit, error}
     view: { s: 1, ox: 0, oy: 0 }, // canvas px = overview px * s + o
   };
   app.map = M;
@@ -222,6 +225,7 @@ export function initMap(ctx) {
     const r = M.records[M.selected];
     const box = $('#map-tile-info');
     if (!r) {
+      M.report = null;
       box.replaceChildren(el('p', { class: 'muted', text: 'No tile there (background, or not classified yet).' }));
       return;
     }
@@ -229,7 +233,37 @@ export function initMap(ctx) {
     box.replaceChildren(
       el('p', { text: `Tile at (${r.x}, ${r.y}), ${r.w} × ${r.h} px: ${M.classes[r.class]}` }),
       el('table', { class: 'probs' }, el('caption', { class: 'visually-hidden', text: 'Probability of each class for this tile' }), el('tbody', {}, ...order.map(([p, i]) => el('tr', { class: i === r.class ? 'top' : '' }, el('th', { scope: 'row', text: M.classes[i] }), el('td', { text: `${(p * 100).toFixed(2)}%` }))))),
+      el('div', { id: 'map-tile-report' }),
     );
+    findReport(r);
+  }
+
+  /** The selected tile's most similar report of the corpus, computed in the worker. */
+  async function findReport(r) {
+    const show = (...children) => {
+      if (M.records[M.selected] === r) $('#map-tile-report').replaceChildren(el('h4', { text: 'Most similar report' }), ...children);
+    };
+    if (!app.corpus) {
+      M.report = { state: 'none' };
+      show(el('p', { class: 'muted', text: 'No report corpus is loaded: pick one (step 3) to see the most similar report.' }));
+      return;
+    }
+    M.report = { state: 'finding', x: r.x, y: r.y };
+    show(el('p', { class: 'muted', text: `Finding the most similar report in ${app.corpus.name}…` }));
+    let report;
+    try {
+      const hit = await call('mapTileReport', { x: r.x, y: r.y });
+      report = { state: 'done', x: r.x, y: r.y, hit };
+    } catch (err) {
+      report = { state: 'error', x: r.x, y: r.y, error: err.message };
+    }
+    if (M.records[M.selected] !== r) return; // another tile was clicked meanwhile
+    M.report = report;
+    if (report.state === 'error') show(el('p', { 'data-kind': 'error', text: `Cannot find the report: ${report.error}` }));
+    else {
+      const { id, score, reports, text } = report.hit;
+      show(el('p', { class: 'report-meta', 'data-report-id': id, text: `report ${id} · cosine ${score.toFixed(4)} · best of ${reports}` }), el('p', { class: 'report-text', text }));
+    }
   }
 
   // ---- downloads ----

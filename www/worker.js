@@ -149,6 +149,12 @@ const handlers = {
     return clipit.map_step(n || 16, progress);
   },
 
+  // The most similar report of the corpus to one tile, on a click.
+  async mapTileReport({ x, y }, progress) {
+    if (!corpus) throw new Error('pick a report corpus (step 3) first');
+    return clipit.map_tile_report(x, y, corpus.bytes, corpus.name, progress);
+  },
+
   mapGeojson() {
     return clipit.map_geojson();
   },

@@ -66,8 +66,9 @@ fn device_of(model: &Model) -> Device {
     model.vision.pos_embed.val().device()
 }
 
-/// Projected image features `[n, dim]` of tiles.
-fn image_embeddings(model: &Model, tiles: &[RgbImage]) -> Result<Tensor<2>> {
+/// Projected image features `[n, dim]` of tiles (not normalised), as the map's report retrieval
+/// compares them with a corpus.
+pub fn image_embeddings(model: &Model, tiles: &[RgbImage]) -> Result<Tensor<2>> {
     let pixels = prepare(tiles, &model.preprocess);
     model.encode_images(to_batch_tensor(&pixels, model.preprocess.crop, &device_of(model)))
 }

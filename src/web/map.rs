@@ -7,7 +7,9 @@
 //!    adapter when the page has one);
 //! 3. [`map_step`] until it says `finished`: the page stops calling it to cancel;
 //! 4. [`map_geojson`], [`map_csv`], [`map_overlay_png`]: the bytes of `tiles.geojson`,
-//!    `tiles.csv` and `overlay.png`, as the CLI writes them.
+//!    `tiles.csv` and `overlay.png`, as the CLI writes them;
+//! 5. [`map_tile_report`], on demand: a tile's most similar report of a corpus, as
+//!    `clipit map --reports` finds it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -19,8 +21,10 @@ use wasm_bindgen::prelude::*;
 
 use super::api::{err, loaded, with_text, JsResult};
 use super::js::{js_error, now_ms, to_js, Progress};
+use super::reports::corpus_embeds;
 use super::state::Loaded;
-use crate::slide::classify::{AdapterClassifier, ZeroShotClassifier};
+use crate::retrieval::top_k_async;
+use crate::slide::classify::{image_embeddings, AdapterClassifier, ZeroShotClassifier};
 use crate::slide::export::{self, class_color, TileRecord};
 use crate::slide::{classify_tiles_async, plan, MapOptions, MapPlan, Slide, TileRequest};
 use crate::train::classifier::Classifier;
@@ -304,6 +308,64 @@ async fn step(
     .map_err(err)?;
     s.records.extend(new.iter().cloned());
     Ok(new)
+}
+
+/// The most similar report of a corpus (plain text or JSONL, as [`super::retrieve`];
+/// `corpus_name` names it in errors) to the open slide's tile whose top-left corner is (`x`,
+/// `y`), by cosine between the loaded model's image and text embeddings, as `clipit map
+/// --reports` finds it. The corpus's embeddings are kept for the next call (progress
+/// `("reports", done, total)` while they are computed). Resolves to `{x, y, id, text, score,
+/// reports, elapsed_ms}` (`reports`: the corpus's size).
+#[wasm_bindgen]
+pub async fn map_tile_report(
+    x: u32,
+    y: u32,
+    corpus: Uint8Array,
+    corpus_name: String,
+    progress: Option<Function>,
+) -> JsResult {
+    #[derive(Serialize)]
+    struct Out {
+        x: u32,
+        y: u32,
+        id: String,
+        text: String,
+        score: f32,
+        reports: usize,
+        elapsed_ms: f64,
+    }
+    let start = now_ms();
+    let progress = Progress(progress);
+    let loaded = loaded()?;
+    with_text(&loaded, "the most similar report of a tile")?;
+    let mut session = take()?;
+    let pixels = session
+        .plan
+        .tiles
+        .iter()
+        .find(|t| t.x == x && t.y == y)
+        .copied()
+        .ok_or_else(|| js_error(format!("the open slide has no tile at ({x}, {y}) over tissue")))
+        .and_then(|t| session.slide.read_region(t.x, t.y, t.w, t.h).map_err(err));
+    put(session);
+    let tile = pixels?;
+    let reports = corpus_embeds(&loaded, &corpus.to_vec(), &corpus_name, &progress).await?;
+    let embeds = image_embeddings(&loaded.model, &[tile]).map_err(err)?;
+    let top = top_k_async(embeds, reports.embeds.clone(), 1).await.map_err(err)?;
+    let &(j, score) = top
+        .first()
+        .and_then(|r| r.first())
+        .ok_or_else(|| js_error(format!("{corpus_name}: no report was scored")))?;
+    let c = &reports.corpus;
+    to_js(&Out {
+        x,
+        y,
+        id: c.ids[j].clone(),
+        text: c.texts[j].clone(),
+        score,
+        reports: c.len(),
+        elapsed_ms: now_ms() - start,
+    })
 }
 
 /// The finished map's records and classes, for the exports.

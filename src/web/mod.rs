@@ -11,7 +11,7 @@
 //! 4. the Train panel: [`train_prepare`], then [`train_step`] a few steps at a time, [`train_stop`];
 //!    [`classify_trained`] with the result; [`export_adapter`] / [`import_adapter`];
 //! 5. the Slide map panel: [`map_open`], [`map_start`], [`map_step`] until finished, then
-//!    [`map_geojson`], [`map_csv`], [`map_overlay_png`];
+//!    [`map_geojson`], [`map_csv`], [`map_overlay_png`]; [`map_tile_report`] on a click;
 //! 6. the "How it works" panel: [`how_map`], tiles and reports on a 2-D PCA map.
 //!
 //! Everything runs on the user's device: nothing here opens a connection. Image embeddings are
@@ -37,7 +37,10 @@ pub use api::{
 pub use device::{backend_info, init};
 pub use how::how_map;
 pub use images::{default_templates, thumbnail};
-pub use map::{map_close, map_csv, map_geojson, map_open, map_overlay_png, map_start, map_step};
+pub use map::{
+    map_close, map_csv, map_geojson, map_open, map_overlay_png, map_start, map_step,
+    map_tile_report,
+};
 pub use reports::retrieve;
 pub use train::{
     classify_trained, export_adapter, forget_classifier, import_adapter, train_prepare, train_step,

@@ -12,7 +12,8 @@
 //   - opens a tile's detail view and saves screenshots in $E2E_OUT (default /tmp);
 //   - opens tests/data/slides/cmu_small_region.svs in the Slide map panel, checks the tile count
 //     and tiles.csv against the native `clipit map`, the GeoJSON and PNG downloads, a tile's
-//     probabilities and keyboard zoom, and screenshots the panel;
+//     probabilities and its most similar report (against `clipit map --reports`), keyboard zoom,
+//     and screenshots the panel;
 //   - then, on a fresh page: auto-loads the demo bundle ($E2E_DEMO, served at /demo/), picks the
 //     labelled folder, trains a few CLIP-IT steps with a pause in the middle, checks the chart and
 //     the confusion matrix, exports the adapter, checks the page's trained predictions against
@@ -113,6 +114,7 @@ async function checkSlideMap(page, sc, timings) {
   });
   await page.mouse.click(box.x + at.x, box.y + at.y);
   check((await page.locator('#map-tile-info tbody tr').count()) === CLASSES.length, 'clicking a tile shows its probability for every class');
+  await checkTileReport(page, want);
   check((await page.locator('#map-legend li').count()) === CLASSES.length, 'the legend lists every class');
   const s0 = await page.evaluate(() => window.clipitApp.map.view.s);
   await page.focus('#map-canvas');
@@ -145,6 +147,25 @@ async function checkSlideMap(page, sc, timings) {
   await page.locator('#slidemap').screenshot({ path: path.join(OUT, `clipit-e2e-${sc.name}-slidemap.png`) });
 }
 
+
+// The clicked tile's most similar report (computed in the worker on the click), against the
+// report_id and report_score columns of the native `clipit map --reports` tiles.csv (`want`:
+// "x,y" -> row).
+async function checkTileReport(page, want) {
+  await page.waitForFunction(() => ['done', 'error', 'none'].includes((window.clipitApp.map.report || {}).state), null, { timeout: STEP_TIMEOUT, polling: 200 });
+  const got = await page.evaluate(() => {
+    const M = window.clipitApp.map;
+    const r = M.records[M.selected];
+    const shown = document.querySelector('#map-tile-report [data-report-id]');
+    return { report: M.report, x: r.x, y: r.y, shown: shown && shown.dataset.reportId, text: document.querySelector('#map-tile-report').textContent };
+  });
+  const w = want.get(`${got.x},${got.y}`);
+  check(got.report.state === 'done', `clicking a tile finds its most similar report (${got.report.error || got.report.state})`);
+  if (got.report.state !== 'done' || !w) return check(Boolean(w), `the native tiles.csv has the clicked tile (${got.x}, ${got.y})`);
+  check(got.shown === String(w.report_id) && got.report.hit.id === got.shown, `the panel shows report ${got.shown} for tile (${got.x}, ${got.y}), the native clipit map --reports ${w.report_id}`);
+  const diff = Math.abs(got.report.hit.score - Number(w.report_score));
+  check(diff <= TOL && got.text.includes(got.report.hit.text), `its score ${got.report.hit.score.toFixed(4)} matches the CLI's ${Number(w.report_score).toFixed(4)} (|diff| ${diff.toExponential(2)}), and its text is shown`);
+}
 
 async function runScenario(sc, port) {
   log(`\n== scenario ${sc.name} (expects ${sc.expect})`);

@@ -80,9 +80,10 @@ echo "$DEMO_CLASSES" > "$REF/real_demo_classes.txt"
 "$CLI" retrieve --model data/demo/model --images data/demo/tiles --reports data/demo/reports.jsonl \
   --top-k 1 --out "$REF/real_demo_pairs.jsonl" --no-cache 2>/dev/null
 
-log "native reference map (clipit map on the CMU slide)"
+log "native reference map (clipit map on the CMU slide, with each tile's report of the demo corpus)"
 "$CLI" map --model tests/fixtures/open_clip --classes "$CLASSES" --templates "$REF/templates.txt" \
-  --slide tests/data/slides/cmu_small_region.svs --tile-size 224 --out "$REF/map" >"$REF/map_summary.json" 2>/dev/null
+  --slide tests/data/slides/cmu_small_region.svs --tile-size 224 --reports data/reports/demo_reports.jsonl \
+  --out "$REF/map" >"$REF/map_summary.json" 2>/dev/null
 
 # A demo bundle as data/demo/ will hold it (never written there: that one is committed by its
 # owner): the tiny open_clip fixture, the demo reports and the bundled tiles labelled by source.
