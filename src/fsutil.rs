@@ -10,6 +10,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{Error, Result};
 
+/// Removes the temporary files that [`AtomicWriter`] leaves in `dir` when its process is killed
+/// before finishing (`.<name>.<pid>.<n>.tmp`); returns their paths. Call it only when no other
+/// process writes into `dir` (e.g. when a run resumes).
+pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with('.') && name.ends_with(".tmp") && path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder is written, synced to
 /// disk and renamed over `path`. On error the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
@@ -202,6 +218,22 @@ mod tests {
         writeln!(w, "line").unwrap();
         w.finish().unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "line\n");
+    }
+
+    #[test]
+    fn stale_temps_of_a_killed_writer_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("last.bpk");
+        write_atomic(&p, b"good").unwrap();
+        let mut w = AtomicWriter::create(&p).unwrap();
+        w.write_all(b"half").unwrap();
+        let temp = w.temp_path().to_path_buf();
+        std::mem::forget(w); // as if the process had been killed: no cleanup runs
+        std::fs::write(dir.path().join(".hidden"), b"keep").unwrap();
+        assert!(temp.is_file());
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), vec![temp]);
+        assert_eq!(entries(dir.path()), vec![".hidden", "last.bpk"]);
+        assert_eq!(std::fs::read(&p).unwrap(), b"good");
     }
 
     #[test]

@@ -500,6 +500,10 @@ pub fn train_on(
     let mut trainer = Trainer::new(model, opts.clone());
     let mut state = RunState::default();
     if inputs.resume && run.has_checkpoint() {
+        // A run killed while writing leaves its temporary files; the checkpoint itself is whole.
+        for stale in crate::fsutil::remove_stale_temps(&run.root)? {
+            eprintln!("removed {} (left by an interrupted write)", stale.display());
+        }
         let (model, optim, saved) =
             run.load_checkpoint(trainer.model.clone(), trainer.optim.clone())?;
         trainer.model = model;
