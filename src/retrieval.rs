@@ -394,7 +394,7 @@ pub fn cosine_similarity(a: Tensor<2>, b: Tensor<2>) -> Result<Tensor<2>> {
 
 /// A `[values.len() / dim, dim]` tensor on `device` from row-major values.
 pub fn matrix_from_host(values: &[f32], dim: usize, device: &Device) -> Result<Tensor<2>> {
-    if dim == 0 || values.is_empty() || values.len() % dim != 0 {
+    if dim == 0 || values.is_empty() || !values.len().is_multiple_of(dim) {
         return Err(Error::msg(format!("{} values do not form rows of width {dim}", values.len())));
     }
     Ok(Tensor::from_data(TensorData::new(values.to_vec(), [values.len() / dim, dim]), device))
@@ -433,7 +433,7 @@ pub fn top_k_from_scores(
     n_texts: usize,
     k: usize,
 ) -> Result<Vec<Vec<(usize, f32)>>> {
-    if n_texts == 0 || scores.len() % n_texts != 0 {
+    if n_texts == 0 || !scores.len().is_multiple_of(n_texts) {
         return Err(Error::msg(format!(
             "{} scores do not form rows of {n_texts} texts",
             scores.len()

@@ -41,7 +41,7 @@ impl Tensors {
     }
 
     fn has(&self, name: &str) -> bool {
-        SafeTensors::deserialize(&self.0).unwrap().names().iter().any(|n| *n == name)
+        SafeTensors::deserialize(&self.0).unwrap().names().contains(&name)
     }
 
     fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {

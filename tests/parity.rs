@@ -35,7 +35,7 @@ impl Expected {
     }
 
     fn has(&self, name: &str) -> bool {
-        SafeTensors::deserialize(&self.bytes).unwrap().names().iter().any(|n| *n == name)
+        SafeTensors::deserialize(&self.bytes).unwrap().names().contains(&name)
     }
 
     fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
