@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::data::Batch;
@@ -17,7 +16,7 @@ use super::trainer::{LossParts, TrainBatch};
 use crate::model::text::TextTransformer;
 use crate::model::Model;
 use crate::retrieval::l2_normalize;
-use crate::zeroshot::{class_embeddings, prompts, zero_shot_logits};
+use crate::zeroshot::{class_embeddings, prompts};
 use crate::{Error, Result};
 
 /// The official code's InfoNCE temperature.
@@ -100,18 +99,6 @@ pub fn contrastive_batch_loss(model: &ClipItModel, batch: &TrainBatch) -> Result
     let image = model.backbone.forward(batch.pixels.clone());
     let total = info_nce(image, text, TEMPERATURE)?;
     Ok(LossParts { total: total.clone(), ce: total.detach(), kd: None })
-}
-
-/// Zero-shot class probabilities `[n, classes]` of preprocessed pixels for a contrastive model,
-/// given the class embeddings of [`ClassPrompts::class_embeddings`].
-pub(super) fn zero_shot_probs(
-    model: &ClipItModel,
-    pixels: Tensor<4>,
-    classes: Tensor<2>,
-    logit_scale: f32,
-) -> Result<Tensor<2>> {
-    let logits = zero_shot_logits(model.backbone.forward(pixels), classes, logit_scale)?;
-    Ok(softmax(logits, 1))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::checkpoint::RunDir;
-use super::contrastive::{zero_shot_probs, ClassPrompts};
+use super::contrastive::ClassPrompts;
 use super::heads::ClipItModel;
 use super::run::{build_model, Method, RunConfig};
 use crate::model::Model;
@@ -63,9 +63,11 @@ impl Predictor {
         match self {
             Self::Fused => Ok(softmax(model.forward(pixels).logits, 1)),
             Self::Probe => Ok(softmax(model.heads.h_v.forward(model.backbone.forward(pixels)), 1)),
-            Self::ZeroShot { classes, logit_scale } => {
-                zero_shot_probs(model, pixels, classes.clone(), *logit_scale)
-            }
+            Self::ZeroShot { classes, logit_scale } => crate::zeroshot::zero_shot_probs(
+                model.backbone.forward(pixels),
+                classes.clone(),
+                *logit_scale,
+            ),
         }
     }
 }
