@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use serde::Serialize;
 
 use crate::lora::{apply_lora, LoraConfig};
@@ -57,8 +57,12 @@ pub struct BenchResult {
     pub median_s: f64,
     /// Images per second at the median.
     pub images_per_sec: f64,
-    /// Peak resident memory of the process (host memory; `VmHWM`), 0 where unknown.
+    /// Peak memory: on a GPU, the bytes the device's allocator holds after the runs (its pools
+    /// keep their pages, so this is their high-water mark); on the CPU, the process's peak
+    /// resident memory (`VmHWM`). 0 where unknown.
     pub peak_memory_bytes: u64,
+    /// The process's peak resident host memory (`VmHWM`), 0 where unknown.
+    pub host_peak_memory_bytes: u64,
 }
 
 /// The open_clip config of a built-in full-size model (`vit-b-32`, `vit-b-16`), as open_clip's
@@ -132,13 +136,75 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Timed runs.
     pub runs: usize,
+    /// Element type of weights and activations (`f32`, `f16`, `bf16`). For `train`, a half type
+    /// means the whole step in that type (weights, gradients and Adam state): Burn has no
+    /// autocast with f32 master weights.
+    pub dtype: BenchDType,
+}
+
+/// The element type a benchmark computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchDType {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl BenchDType {
+    /// The name used on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+        }
+    }
+
+    fn float_dtype(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::F16 => FloatDType::F16,
+            Self::BF16 => FloatDType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for BenchDType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::BF16),
+            other => Err(Error::msg(format!("unknown dtype '{other}' (f32, f16, bf16)"))),
+        }
+    }
 }
 
 /// Runs one benchmark on `device` (a non-autodiff device; training adds autodiff itself).
+///
+/// A half `dtype` becomes the device's default float type, so it must be set before anything
+/// else creates a tensor on that device in this process.
 pub fn run(cfg: &BenchConfig, device: &Device, backend: &str) -> Result<BenchResult> {
     if cfg.batch == 0 {
         return Err(Error::msg("--batch must be at least 1"));
     }
+    let mut device = device.clone();
+    if cfg.dtype != BenchDType::F32 {
+        if !device.supports_dtype(cfg.dtype.float_dtype()) {
+            return Err(Error::msg(format!(
+                "the {backend} device does not support {}",
+                cfg.dtype.name()
+            )));
+        }
+        device
+            .configure(cfg.dtype.float_dtype())
+            .map_err(|e| Error::msg(format!("cannot compute in {}: {e:?}", cfg.dtype.name())))?;
+    }
+    let device = &device;
     device.seed(0);
     let pixels = |size: usize, device: &Device| -> Tensor<4> {
         Tensor::random([cfg.batch, 3, size, size], Distribution::Normal(0.0, 1.0), device)
@@ -172,7 +238,7 @@ pub fn run(cfg: &BenchConfig, device: &Device, backend: &str) -> Result<BenchRes
             let targets: Vec<f32> = (0..cfg.batch * model.embed_dim)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
                 .collect();
-            let x = pixels(size, device).into_data();
+            let x = pixels(size, device).into_data().convert::<f32>();
             let batch = TrainBatch::from_host(
                 x.try_to_vec::<f32>().map_err(|e| Error::msg(format!("{e:?}")))?,
                 size,
@@ -185,15 +251,21 @@ pub fn run(cfg: &BenchConfig, device: &Device, backend: &str) -> Result<BenchRes
             })?
         }
     };
+    let host = peak_memory_bytes();
+    let device_bytes = match device.memory_pool_usage() {
+        Some(u) if backend != "cpu" => u.bytes_reserved,
+        _ => host,
+    };
     Ok(BenchResult {
         model: cfg.model.clone(),
         task: cfg.task,
         backend: backend.to_string(),
         batch: cfg.batch,
-        dtype: "f32".into(),
+        dtype: cfg.dtype.name().into(),
         runs: cfg.runs,
         median_s,
         images_per_sec: cfg.batch as f64 / median_s,
-        peak_memory_bytes: peak_memory_bytes(),
+        peak_memory_bytes: device_bytes,
+        host_peak_memory_bytes: host,
     })
 }

@@ -7,7 +7,7 @@ use common::clipit;
 
 #[test]
 fn bench_json_has_throughput_and_memory() {
-    for task in ["embed", "train"] {
+    for (task, dtype) in [("embed", "f32"), ("train", "f32"), ("embed", "f16"), ("train", "bf16")] {
         let out = clipit(&[
             "bench",
             "--model",
@@ -20,11 +20,14 @@ fn bench_json_has_throughput_and_memory() {
             "1",
             "--runs",
             "2",
+            "--dtype",
+            dtype,
             "--json",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["task"], task);
+        assert_eq!(v["dtype"], dtype);
         assert!(v["images_per_sec"].as_f64().unwrap() > 0.0, "{v}");
         assert!(v["peak_memory_bytes"].as_u64().unwrap() > 0, "{v}");
     }
@@ -32,6 +35,6 @@ fn bench_json_has_throughput_and_memory() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("vit-h-14"), "{err}");
-    let f16 = clipit(&["bench", "--dtype", "f16"]);
-    assert!(!f16.status.success() && String::from_utf8_lossy(&f16.stderr).contains("f32"));
+    let bad = clipit(&["bench", "--dtype", "f8"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("f8"));
 }

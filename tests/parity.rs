@@ -87,6 +87,7 @@ fn check_fixture(name: &str, device: &Device, tol: f32) {
     let (want, _) = exp.f32("image_embeds");
     let err = rel_err(&got, &want);
     assert!(err <= tol, "{name}: image embeddings differ: rel err {err:e} > {tol:e}");
+    eprintln!("{name}: image embeddings rel err {err:.1e}");
 
     // The whole path from image files, including our preprocessing.
     let images: Vec<PathBuf> = exp.json["images"]
@@ -124,6 +125,7 @@ fn check_fixture(name: &str, device: &Device, tol: f32) {
     let (want_text, _) = exp.f32("text_embeds");
     let err = rel_err(&got_text, &want_text);
     assert!(err <= tol, "{name}: text embeddings differ: rel err {err:e} > {tol:e}");
+    eprintln!("{name}: text embeddings rel err {err:.1e}");
 
     let (scale, _) = exp.f32("logit_scale");
     assert!((model.logit_scale - scale[0]).abs() < 1e-6, "{name}: logit_scale");
@@ -166,6 +168,18 @@ fn wgpu_device() -> Option<Device> {
     }
 }
 
+/// The CUDA device, only where `CLIPIT_REQUIRE_CUDA=1` says a GPU is there (burn-cuda cannot
+/// probe for one without panicking).
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Option<Device> {
+    if std::env::var("CLIPIT_REQUIRE_CUDA").as_deref() == Ok("1") {
+        Some(Backend::Cuda.device().unwrap())
+    } else {
+        eprintln!("skipping cuda parity: set CLIPIT_REQUIRE_CUDA=1 on a machine with a GPU");
+        None
+    }
+}
+
 macro_rules! parity_tests {
     ($($name:ident => $fixture:literal),* $(,)?) => {
         mod cpu {
@@ -175,6 +189,12 @@ macro_rules! parity_tests {
         mod wgpu {
             $(#[test] fn $name() {
                 if let Some(device) = super::wgpu_device() { super::check_fixture($fixture, &device, 1e-3); }
+            })*
+        }
+        #[cfg(feature = "cuda")]
+        mod cuda {
+            $(#[test] fn $name() {
+                if let Some(device) = super::cuda_device() { super::check_fixture($fixture, &device, 1e-3); }
             })*
         }
     };

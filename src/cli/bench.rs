@@ -3,7 +3,7 @@
 
 use clap::Args;
 use clipit::backend::Backend;
-use clipit::bench::{run, BenchConfig, BenchTask};
+use clipit::bench::{run, BenchConfig, BenchDType, BenchTask};
 use clipit::{Error, Result};
 
 /// Options of `clipit bench`.
@@ -22,9 +22,9 @@ pub struct BenchArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Element type (f32; f16 and bf16 are not supported yet).
+    /// Element type: f32, f16 or bf16 (the device's default float type for the whole run).
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: BenchDType,
     /// Untimed warm-up runs.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
@@ -38,12 +38,6 @@ pub struct BenchArgs {
 
 /// `clipit bench`.
 pub fn bench(a: &BenchArgs) -> Result<()> {
-    if a.dtype != "f32" {
-        return Err(Error::msg(format!(
-            "--dtype {}: only f32 is supported by clipit bench for now",
-            a.dtype
-        )));
-    }
     let device = a.backend.device()?;
     let cfg = BenchConfig {
         model: a.model.clone(),
@@ -51,16 +45,18 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         batch: a.batch,
         warmup: a.warmup,
         runs: a.runs,
+        dtype: a.dtype,
     };
     let r = run(&cfg, &device, &a.backend.to_string())?;
     if a.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| Error::msg(e.to_string()))?);
     } else {
         println!(
-            "{} {:?} batch {} on {}: {:.1} images/s (median {:.3} s over {} runs), peak memory {:.0} MB",
+            "{} {:?} batch {} {} on {}: {:.1} images/s (median {:.3} s over {} runs), peak memory {:.0} MB",
             r.model,
             r.task,
             r.batch,
+            r.dtype,
             r.backend,
             r.images_per_sec,
             r.median_s,

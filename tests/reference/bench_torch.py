@@ -89,7 +89,7 @@ def main():
     med = statistics.median(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if a.device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated()
+        peak = torch.cuda.max_memory_reserved()  # what the caching allocator held, as clipit's pools
     print(json.dumps({"model": a.model, "task": a.task, "backend": f"torch-{a.device}", "batch": a.batch,
                       "dtype": a.dtype, "runs": a.runs, "median_s": med, "images_per_sec": a.batch / med,
                       "peak_memory_bytes": peak, "threads": torch.get_num_threads()}))

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds what scripts/gpu_check.sh runs, on a machine with no GPU and no CUDA toolkit: the clipit
+# binary and the parity test binaries with the `cuda` and `wgpu` features, stripped and
+# xz-compressed into .gpu/ (ignored by git; about 30 MB), so that a lent GPU machine without Rust
+# can run the check straight away:
+#
+#   scripts/gpu_bundle.sh                        # here
+#   CLIPIT_GPU_BIN=.gpu scripts/gpu_check.sh     # there, from the repository root
+#
+# burn-cuda loads the CUDA driver and NVRTC at run time; CUDARC_CUDA_VERSION picks the bindings
+# (default 13000, the lent machines' CUDA 13.0).
+#
+# Offline builds: cubecl-cuda 0.11 links cubecl-llvm, whose build script downloads an LLVM bundle
+# from GitHub. LLVM only serves cubecl's optional LLVM/NVPTX compiler; the default CUDA path
+# compiles kernels with NVRTC. Where GitHub cannot be reached (this project's build machine), set
+# CLIPIT_OFFLINE_CUDA=1: DOCS_RS=1 makes those two build scripts skip LLVM, and the linker leaves
+# the LLVM C API unresolved and lazily bound, so the binary runs as long as nobody selects the
+# LLVM compiler. The build goes to its own target folder, since RUSTFLAGS differ.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
+if [ "${CLIPIT_OFFLINE_CUDA:-0}" = 1 ]; then
+  export DOCS_RS=1
+  export RUSTFLAGS="-C link-arg=-Wl,--unresolved-symbols=ignore-all -C link-arg=-Wl,-z,lazy"
+fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipit/target-cuda}"
+FEATURES=wgpu,cuda
+cargo build --features "$FEATURES" --bin clipit
+# The test binaries' paths, from cargo's own build messages.
+cargo test --features "$FEATURES" --no-run --test parity --test train_step --message-format=json |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])
+' >/tmp/clipit-gpu-tests.txt
+rm -rf .gpu && mkdir -p .gpu
+cp "$CARGO_TARGET_DIR/debug/clipit" .gpu/clipit
+while read -r name exe; do cp "$exe" ".gpu/$name"; done </tmp/clipit-gpu-tests.txt
+for f in .gpu/*; do strip "$f" && xz -T0 -6 "$f"; done
+# The tests find their fixtures under the path they were built in.
+pwd >.gpu/built_in
+ls -la .gpu
