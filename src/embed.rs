@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::model::Model;
-use crate::preprocess::{load_rgb, preprocess, to_batch_tensor, DEFAULT_MAX_PIXELS};
+use crate::preprocess::{load_rgb, max_pixels, preprocess, to_batch_tensor};
 use crate::retrieval::matrix_to_host;
 use crate::Result;
 
@@ -31,7 +31,7 @@ impl ImageEmbeddings {
 
 /// Decodes and preprocesses one image for `model`.
 pub fn prepare_image(model: &Model, path: &Path) -> Result<Vec<f32>> {
-    let img = load_rgb(path, DEFAULT_MAX_PIXELS)?;
+    let img = load_rgb(path, max_pixels())?;
     Ok(preprocess(&img, &model.preprocess))
 }
 

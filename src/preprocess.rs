@@ -27,8 +27,23 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 
 use crate::{Error, Result};
 
-/// Images with more pixels than this (2^28, e.g. 16384 x 16384) are refused before decoding.
+/// Images with more pixels than this (2^28, e.g. 16384 x 16384) are refused before decoding,
+/// unless [`set_max_pixels`] changed the limit.
 pub const DEFAULT_MAX_PIXELS: u64 = 1 << 28;
+
+static MAX_PIXELS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_MAX_PIXELS);
+
+/// The process-wide decompression-bomb limit (pixels per image) that image loading uses, like
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: [`DEFAULT_MAX_PIXELS`] unless [`set_max_pixels`] changed it.
+pub fn max_pixels() -> u64 {
+    MAX_PIXELS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets the limit [`max_pixels`] returns (the CLI's `--max-pixels`). At least 1.
+pub fn set_max_pixels(pixels: u64) {
+    MAX_PIXELS.store(pixels.max(1), std::sync::atomic::Ordering::Relaxed);
+}
 
 /// OpenAI CLIP normalisation mean (as Python's f64 literals rounded to f32, like torch does).
 pub const OPENAI_CLIP_MEAN: [f32; 3] =

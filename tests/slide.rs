@@ -3,13 +3,12 @@
 //! real Aperio SVS and on a JPEG, and clear errors on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use clipit::slide::Slide;
 use serde_json::Value;
 
 mod common;
-use common::{clipit, root};
+use common::{assert_fails, clipit, root, stderr};
 
 fn svs() -> PathBuf {
     root().join("tests/data/slides/cmu_small_region.svs")
@@ -21,21 +20,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn reference() -> Value {
     serde_json::from_slice(&std::fs::read(fixture("reference.json")).unwrap()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts a clean failure: non-zero exit, no panic, a message containing every needle.
-fn assert_fails(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    eprintln!("{}", err.trim_end());
-    assert!(!out.status.success(), "expected failure; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks '{n}': {err}");
-    }
 }
 
 /// Max and mean absolute difference of two images of the same size.

@@ -18,6 +18,9 @@ use clipit::Result;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Refuse images with more pixels than this before decoding them (decompression bombs).
+    #[arg(long, global = true, default_value_t = clipit::preprocess::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
 }
 
 /// Options every model-running command shares.
@@ -136,6 +139,7 @@ enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    clipit::preprocess::set_max_pixels(cli.max_pixels);
     match cli.command {
         Command::Embed { model, images, texts } => commands::embed(&model, &images, &texts),
         Command::Retrieve { model, images, reports, top_k, out, cache_dir, no_cache } => {

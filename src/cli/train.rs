@@ -227,7 +227,7 @@ fn classify_paths(
     for chunk in paths.chunks(32) {
         let mut pixels = Vec::new();
         for p in chunk {
-            match clipit::preprocess::load_rgb(p, clipit::preprocess::DEFAULT_MAX_PIXELS) {
+            match clipit::preprocess::load_rgb(p, clipit::preprocess::max_pixels()) {
                 Ok(img) => {
                     pixels.extend(clipit::preprocess::preprocess(&img, &preprocess));
                     kept.push(p.clone());

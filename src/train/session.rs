@@ -21,7 +21,7 @@ use super::{augment::AugmentConfig, data::prepare_bytes};
 use crate::lora::LoraConfig;
 use crate::metrics::Report;
 use crate::model::Model;
-use crate::preprocess::{PreprocessConfig, DEFAULT_MAX_PIXELS};
+use crate::preprocess::{max_pixels, PreprocessConfig};
 use crate::weights::ParamNames;
 use crate::{Error, Result};
 
@@ -361,7 +361,7 @@ impl TrainSession {
             match prepare_bytes(
                 &self.data.bytes[i],
                 name,
-                DEFAULT_MAX_PIXELS,
+                max_pixels(),
                 &self.preprocess,
                 aug.as_ref(),
                 &mut rng,

@@ -18,7 +18,7 @@ use super::device::device_for;
 use super::js::{files_from_js, image_names, images_from_js, js_error, now_ms, to_js, Progress};
 use super::state::{self, Loaded};
 use crate::model::{Model, ModelFiles};
-use crate::preprocess::{decode_rgb, preprocess, to_batch_tensor, DEFAULT_MAX_PIXELS};
+use crate::preprocess::{decode_rgb, max_pixels, preprocess, to_batch_tensor};
 use crate::retrieval::{matrix_from_host, matrix_to_host_async};
 use crate::weights::SafeTensors;
 use crate::zeroshot::{
@@ -216,7 +216,7 @@ pub(super) async fn image_rows(
         let mut pixels = Vec::with_capacity(batch.len());
         let mut done = Vec::with_capacity(batch.len());
         for &i in batch {
-            match decode_rgb(&images[i], &names[i], DEFAULT_MAX_PIXELS) {
+            match decode_rgb(&images[i], &names[i], max_pixels()) {
                 Ok(img) => {
                     pixels.push(preprocess(&img, &loaded.model.preprocess));
                     done.push(i);

@@ -5,7 +5,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use super::js::{js_error, to_js};
-use crate::preprocess::{decode_rgb, resize_bicubic, DEFAULT_MAX_PIXELS};
+use crate::preprocess::{decode_rgb, max_pixels, resize_bicubic};
 
 /// Decodes an image (PNG, JPEG or TIFF) with the same decoder as the models use and scales it
 /// to fit `max_side` pixels. Resolves to `{width, height, rgba}` (`rgba` a `Uint8Array` of
@@ -20,7 +20,7 @@ pub fn thumbnail(bytes: &[u8], name: &str, max_side: u32) -> Result<JsValue, JsE
         source_width: u32,
         source_height: u32,
     }
-    let img = decode_rgb(bytes, name, DEFAULT_MAX_PIXELS).map_err(js_error)?;
+    let img = decode_rgb(bytes, name, max_pixels()).map_err(js_error)?;
     let (w, h) = img.dimensions();
     let scale = (max_side.max(1) as f64 / w.max(h) as f64).min(1.0);
     let (tw, th) =

@@ -19,7 +19,7 @@ use super::js::{image_names, images_from_js, js_error, now_ms, to_js, Progress};
 use super::reports::corpus_embeds;
 use super::state::Loaded;
 use crate::metrics::{argmax_rows, Report};
-use crate::preprocess::{decode_rgb, preprocess, DEFAULT_MAX_PIXELS};
+use crate::preprocess::{decode_rgb, max_pixels, preprocess};
 use crate::retrieval::{matrix_from_host, matrix_to_host_async, top_k_async};
 use crate::train::classifier::Classifier;
 use crate::train::session::{LabelledImages, ReportTargets, SessionOptions, TrainSession};
@@ -282,7 +282,7 @@ pub async fn classify_trained(
         let offset = b * PREDICT_BATCH;
         let (mut pixels, mut ok) = (Vec::new(), Vec::new());
         for (k, name) in chunk.iter().enumerate() {
-            let error = match decode_rgb(&bytes[offset + k], name, DEFAULT_MAX_PIXELS) {
+            let error = match decode_rgb(&bytes[offset + k], name, max_pixels()) {
                 Ok(img) => {
                     pixels.extend(preprocess(&img, &cfg));
                     ok.push(out.len());

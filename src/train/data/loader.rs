@@ -15,7 +15,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbImage;
 
 use super::Dataset;
-use crate::preprocess::{decode_rgb, load_rgb, preprocess, PreprocessConfig, DEFAULT_MAX_PIXELS};
+use crate::preprocess::{decode_rgb, load_rgb, max_pixels, preprocess, PreprocessConfig};
 use crate::train::augment::{augment, AugmentConfig};
 use crate::train::split::Rng;
 use crate::{Error, Result};
@@ -55,7 +55,7 @@ impl LoaderConfig {
             shuffle: true,
             seed: 0,
             drop_last: false,
-            max_pixels: DEFAULT_MAX_PIXELS,
+            max_pixels: max_pixels(),
             prefetch: 2,
         }
     }
