@@ -78,7 +78,7 @@ bench_row vit-b-16 embed 256 f32 wgpu
 step "table"
 python3 - "$JSONL" <<'EOF'
 import json, sys
-print(f"{'model':9} {'task':5} {'batch':>5} {'dtype':5} {'backend':7} {'clipit img/s':>12} {'torch img/s':>11} {'ratio':>6} {'clipit GB':>9} {'torch GB':>8}")
+print(f"{'model':9} {'task':5} {'batch':>5} {'dtype':5} {'backend':7} {'clipit img/s':>12} {'torch img/s':>11} {'ratio':>6} {'clipit GB':>9} {'torch GB':>8} {'unloaded GB':>11}")
 for line in open(sys.argv[1]):
     r = json.loads(line)
     o, t = r["clipit"], r["torch"]
@@ -88,6 +88,7 @@ for line in open(sys.argv[1]):
     ratio = o["images_per_sec"] / t["images_per_sec"]
     print(f"{o['model']:9} {o['task']:5} {o['batch']:5} {o['dtype']:5} {o['backend']:7} "
           f"{o['images_per_sec']:12.1f} {t['images_per_sec']:11.1f} {ratio:6.2f} "
-          f"{o['peak_memory_bytes'] / 1e9:9.2f} {t['peak_memory_bytes'] / 1e9:8.2f}")
+          f"{o['peak_memory_bytes'] / 1e9:9.2f} {t['peak_memory_bytes'] / 1e9:8.2f} "
+          f"{(o.get('device_memory_after_unload_bytes') or 0) / 1e9:11.3f}")
 EOF
 step "done"

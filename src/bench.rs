@@ -63,6 +63,10 @@ pub struct BenchResult {
     pub peak_memory_bytes: u64,
     /// The process's peak resident host memory (`VmHWM`), 0 where unknown.
     pub host_peak_memory_bytes: u64,
+    /// On a GPU, the bytes the device's allocator still holds once the model, its inputs and the
+    /// optimiser are dropped and the pools cleaned up (what unloading a model gives back is
+    /// `peak_memory_bytes` minus this); `None` where the backend does not report its pools.
+    pub device_memory_after_unload_bytes: Option<u64>,
 }
 
 /// The open_clip config of a built-in full-size model (`vit-b-32`, `vit-b-16`), as open_clip's
@@ -252,10 +256,13 @@ pub fn run(cfg: &BenchConfig, device: &Device, backend: &str) -> Result<BenchRes
         }
     };
     let host = peak_memory_bytes();
-    let device_bytes = match device.memory_pool_usage() {
-        Some(u) if backend != "cpu" => u.bytes_reserved,
-        _ => host,
-    };
+    let pools = device.memory_pool_usage().filter(|_| backend != "cpu");
+    let device_bytes = pools.map_or(host, |u| u.bytes_reserved);
+    // Everything the run allocated is dropped by now; give the pools' pages back and look again.
+    let after_unload = pools.and_then(|_| {
+        device.memory_cleanup();
+        device.memory_pool_usage().map(|u| u.bytes_reserved)
+    });
     Ok(BenchResult {
         model: cfg.model.clone(),
         task: cfg.task,
@@ -267,5 +274,6 @@ pub fn run(cfg: &BenchConfig, device: &Device, backend: &str) -> Result<BenchRes
         images_per_sec: cfg.batch as f64 / median_s,
         peak_memory_bytes: device_bytes,
         host_peak_memory_bytes: host,
+        device_memory_after_unload_bytes: after_unload,
     })
 }
