@@ -177,16 +177,30 @@ pub fn decode_rgb(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage>
         }
     }
     let fail = |e: image::ImageError| Error::format(name, format!("cannot decode image: {e}"));
-    // Header only: no limits here, so that our own pixel-count message is the one reported.
-    reader.no_limits();
-    let mut decoder = reader.into_decoder().map_err(fail)?;
-    let (w, h) = decoder.dimensions();
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > max_pixels {
-        return Err(Error::format(
+    let too_many = |w: u32, h: u32| {
+        let pixels = u64::from(w) * u64::from(h);
+        (pixels > max_pixels).then(|| Error::format(
             name,
             format!("image is {w}x{h} = {pixels} pixels, above the limit of {max_pixels} (refused before decoding)"),
-        ));
+        ))
+    };
+    // Header only: no limits here, so that our own pixel-count message is the one reported.
+    reader.no_limits();
+    let mut decoder = match reader.into_decoder() {
+        Ok(d) => d,
+        // On wasm32 the PNG decoder refuses, as it reads the header, an image whose pixels
+        // cannot be addressed in 32 bits: give the same message as above.
+        Err(e @ image::ImageError::Limits(_)) => {
+            return Err(png_size(bytes)
+                .and_then(|(w, h)| too_many(w, h))
+                .unwrap_or_else(|| fail(e)))
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    if let Some(e) = too_many(w, h) {
+        return Err(e);
     }
     if pixels == 0 {
         return Err(Error::format(name, format!("image has no pixels ({w}x{h})")));
@@ -197,6 +211,15 @@ pub fn decode_rgb(bytes: &[u8], name: &str, max_pixels: u64) -> Result<RgbImage>
     decoder.set_limits(limits).map_err(fail)?;
     let img = DynamicImage::from_decoder(decoder).map_err(fail)?;
     to_rgb8(img).ok_or_else(|| Error::format(name, "decoded pixel buffer has an unexpected size"))
+}
+
+/// The width and height in a PNG's `IHDR` chunk, which the signature must precede.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 24 || !bytes.starts_with(b"\x89PNG\r\n\x1a\n") || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    Some((be(16), be(20)))
 }
 
 /// PIL-like `convert("RGB")` of a decoded image (see [`decode_rgb`] for the 16-bit rule).

@@ -5,7 +5,7 @@
 import { initTrain } from './train.js';
 import { initMap } from './map.js';
 import { findDemo, loadDemo } from './demo.js';
-import { entriesOf, topLevel } from './files.js';
+import { entriesOf, headOf, someNames, topLevel } from './files.js';
 import { exportCsv } from './export.js';
 import { initModels } from './models.js';
 import { initHow } from './how.js';
@@ -192,6 +192,9 @@ async function loadModel(name, files, { cache = true } = {}) {
   train.onModelChanged();
   renderModel();
   await busy(`Loading ${name}`, async () => {
+    // From the files' headers first: a model too large for the tab is refused before it is read.
+    const heads = await Promise.all(wanted.map(headOf));
+    await call('checkModelMemory', { files: heads }, { transfer: heads.map((h) => h.head) });
     const buffers = await Promise.all(wanted.map((f) => f.arrayBuffer()));
     const payload = wanted.map((f, i) => ({ name: f.name, buffer: buffers[i] }));
     app.model = await call('loadModel', { name, files: payload }, { transfer: buffers });
@@ -253,9 +256,10 @@ async function sendTiles(tiles) {
 
 async function addTiles(list) {
   const images = list.filter((x) => IMAGE_EXT.test(x.file.name) && !x.file.name.startsWith('.'));
-  const skipped = list.length - images.length;
+  const others = list.filter((x) => !images.includes(x) && !x.file.name.startsWith('.')).map((x) => x.path || x.file.name);
+  const skipped = others.length ? ` Skipped ${someNames(others)}: not a PNG, JPEG or TIFF image.` : '';
   if (!images.length) {
-    setStatus(skipped ? `None of the ${skipped} file(s) is a PNG, JPEG or TIFF image.` : 'No files.', 'error');
+    setStatus(skipped.trim() || 'No files.', 'error');
     return;
   }
   const tiles = images.map(({ file, path }) => ({
@@ -271,8 +275,10 @@ async function addTiles(list) {
   app.tiles.push(...tiles);
   await sendTiles(tiles);
   renderGrid();
-  setStatus(`Added ${tiles.length} tile(s)${skipped ? `; skipped ${skipped} file(s) that are not images` : ''}.`);
-  if (app.model && (app.model.has_text || app.trained)) await classify().catch(() => {});
+  setStatus(`Added ${tiles.length} tile(s).${skipped}`, skipped ? 'error' : 'info');
+  if (!app.model || !(app.model.has_text || app.trained)) return;
+  await classify().catch(() => {});
+  if (skipped) setStatus(`${$('#status').textContent}${skipped}`, 'error'); // after the classification's own status
 }
 
 async function clearTiles() {
@@ -342,7 +348,7 @@ function renderGrid() {
         el('span', { class: 'tile-name', text: t.name }),
         el('span', { class: 'tile-pred', text: t.error ? 'unreadable' : pred || '—' }),
         el('span', { class: 'tile-conf', text: pred ? `${(conf * 100).toFixed(1)}%` : '' }),
-        bar,
+        t.error ? el('span', { class: 'tile-error', text: t.error.replace(`${t.name}: `, '') }) : bar,
       );
       card.addEventListener('click', () => openDetail(t.id));
       return el('li', {}, card);
@@ -385,9 +391,12 @@ async function classify() {
     const byId = new Map(app.tiles.map((t) => [t.id, t]));
     for (const img of r.images) {
       const t = byId.get(img.name);
-      if (t) Object.assign(t, { probs: img.probs.length ? img.probs : null, prediction: img.prediction ?? null, error: img.error || null });
+      // The engine knows tiles by id: its messages name the file instead.
+      const error = img.error && (img.error.startsWith(`${img.name}: `) ? t && `${t.name}${img.error.slice(img.name.length)}` : img.error);
+      if (t) Object.assign(t, { probs: img.probs.length ? img.probs : null, prediction: img.prediction ?? null, error: error || null });
     }
-    let msg = `Classified ${r.images.length} tile(s) into ${r.classes.length} classes ${app.trained ? 'with the trained model' : 'zero-shot'} in ${fmtMs(r.elapsed_ms)}.`;
+    const failed = r.images.filter((img) => img.error).map((img) => byId.get(img.name)).filter(Boolean);
+    let msg = `Classified ${r.images.length - failed.length} tile(s) into ${r.classes.length} classes ${app.trained ? 'with the trained model' : 'zero-shot'} in ${fmtMs(r.elapsed_ms)}.`;
     if (app.corpus) {
       const k = Math.max(1, Math.min(20, Number($('#topk').value) || 3));
       const h = await call('retrieve', { k }, { onProgress });
@@ -399,7 +408,8 @@ async function classify() {
       msg += ` Retrieved ${k} of ${h.corpus.reports} reports per tile in ${fmtMs(h.elapsed_ms)}.`;
     }
     renderGrid();
-    setStatus(msg);
+    if (failed.length) msg += ` ${failed.length} could not be read: ${failed.map((t) => t.error).join('; ')}.`;
+    setStatus(msg, failed.length ? 'error' : 'info');
   });
   document.dispatchEvent(new CustomEvent('clipit:classified')); // the "How it works" map
 }

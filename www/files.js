@@ -30,3 +30,25 @@ export function topLevel(list) {
   const min = Math.min(...list.map((x) => depth(x.path)));
   return list.filter((x) => depth(x.path) === min);
 }
+
+/** The most a safetensors header may take (the engine's own limit). */
+const MAX_HEADER = 100 << 20;
+
+/**
+ * What the engine needs to check a model file's size before the file is read whole:
+ * {name, size, head}, `head` holding a `.safetensors` file's 8-byte length and its header (the
+ * engine reports a header that does not fit the file), and nothing for other files.
+ */
+export async function headOf(file) {
+  const out = { name: file.name, size: file.size, head: new ArrayBuffer(0) };
+  if (!/\.safetensors$/i.test(file.name) || file.size < 8) return out;
+  out.head = await file.slice(0, 8).arrayBuffer();
+  const len = Number(new DataView(out.head).getBigUint64(0, true));
+  if (len <= MAX_HEADER && 8 + len <= file.size) out.head = await file.slice(0, 8 + len).arrayBuffer();
+  return out;
+}
+
+/** "a.txt, b.doc and 3 more": a few names of a list, for messages. */
+export function someNames(names, max = 4) {
+  return names.length > max ? `${names.slice(0, max).join(', ')} and ${names.length - max} more` : names.join(', ');
+}

@@ -9,22 +9,26 @@
 const DB = 'clipit-models';
 const STORE = 'models';
 
-function openDb() {
+function openDb(name, store) {
   return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB, 1);
-    req.onupgradeneeded = () => req.result.createObjectStore(STORE, { keyPath: 'key' });
+    const req = indexedDB.open(name, 1);
+    req.onupgradeneeded = () => req.result.createObjectStore(store, { keyPath: 'key' });
     req.onsuccess = () => resolve(req.result);
     req.onerror = () => reject(req.error || new Error('IndexedDB is not available'));
   });
 }
 
-/** Runs `fn(store)` in one transaction; resolves with the request's result. */
-async function withStore(mode, fn) {
-  const db = await openDb();
+/**
+ * Runs `fn(store)` in one transaction on the object store `store` (records keyed by `key`) of
+ * this browser's IndexedDB database `name`; resolves with the request's result. Each module
+ * keeps its own database (checkpoints.js too), so none has to migrate another's.
+ */
+export async function withDbStore(name, store, mode, fn) {
+  const db = await openDb(name, store);
   try {
     return await new Promise((resolve, reject) => {
-      const tx = db.transaction(STORE, mode);
-      const req = fn(tx.objectStore(STORE));
+      const tx = db.transaction(store, mode);
+      const req = fn(tx.objectStore(store));
       tx.oncomplete = () => resolve(req && req.result);
       tx.onerror = () => reject(tx.error);
       tx.onabort = () => reject(tx.error || new Error('the cache transaction was aborted'));
@@ -33,6 +37,8 @@ async function withStore(mode, fn) {
     db.close();
   }
 }
+
+const withStore = (mode, fn) => withDbStore(DB, STORE, mode, fn);
 
 const sizeOf = (files) => files.reduce((n, f) => n + f.size, 0);
 export const fmtBytes = (n) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(1)} kB`);

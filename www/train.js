@@ -1,6 +1,8 @@
 // The Train panel: labelled tiles in, a CLIP-IT session in the worker run a few steps per
 // request (so Pause and Stop answer at once), a live chart, the validation confusion matrix, and
-// the adapter's export and import. State is in app.train (read by the end-to-end test).
+// the adapter's export and import. Checkpoints that survive a reload are in checkpoints.js.
+// State is in app.train (read by the end-to-end test).
+import { CHECKPOINT_EVERY, initCheckpoints } from './checkpoints.js';
 
 const IMAGE_EXT = /\.(png|jpe?g|tiff?)$/i;
 const STAGES = { images: 'Embedding tiles', reports: 'Embedding reports' };
@@ -21,6 +23,7 @@ export function initTrain(ctx) {
     chunk: 1,
     maxChunk: 64, // steps per request at most (the end-to-end test lowers it to catch a pause)
     runMs: 0, // time spent in steps, for the ETA
+    savedAt: 0, // the step of the last checkpoint
     looping: false,
     report: null,
     error: null,
@@ -144,6 +147,7 @@ export function initTrain(ctx) {
     T.error = null;
     T.report = null;
     $('#train-result').hidden = true;
+    ckpt.hide();
     buttons();
     try {
       T.prep = await ctx.busy('Preparing training', (onProgress) =>
@@ -160,7 +164,7 @@ export function initTrain(ctx) {
       buttons();
       return;
     }
-    Object.assign(T, { losses: [], vals: [], stepsDone: 0, total: T.prep.total_steps, chunk: 1, runMs: 0, state: 'running' });
+    Object.assign(T, { losses: [], vals: [], stepsDone: 0, total: T.prep.total_steps, chunk: 1, runMs: 0, savedAt: 0, state: 'running' });
     const skipped = T.prep.skipped.length ? ` ${T.prep.skipped.length} unreadable tile(s) left out.` : '';
     setStatus(`Training on ${T.prep.train} tiles, validating on ${T.prep.val}: ${T.total} steps, each tile paired with its most similar of the corpus's reports.${skipped}`);
     chart();
@@ -185,6 +189,10 @@ export function initTrain(ctx) {
         chart();
         progress();
         if (r.done && T.state === 'running') T.state = 'stopping';
+        else if (T.stepsDone - T.savedAt >= CHECKPOINT_EVERY) {
+          T.savedAt = T.stepsDone;
+          await ckpt.save(T, false);
+        }
       }
     } catch (err) {
       T.state = 'idle';
@@ -201,6 +209,7 @@ export function initTrain(ctx) {
     T.state = 'stopping';
     buttons();
     try {
+      await ckpt.save(T, true); // kept, but not offered after a reload
       const r = await call('trainStop');
       T.report = r.report;
       app.trained = { classes: r.classes, source: 'trained here', steps: r.steps_done };
@@ -244,15 +253,19 @@ export function initTrain(ctx) {
     setStatus(`Exported the adapter (${(bytes.length / 1024).toFixed(1)} kB): LoRA factors in peft's layout plus the heads, one safetensors file.`);
   }
 
+  /** Makes an adapter file the classifier; `source` says where it came from. */
+  async function importBytes(name, buffer, source) {
+    const info = await call('importAdapter', { name, buffer }, { transfer: [buffer] });
+    app.trained = { classes: info.classes, source };
+    adapterInfo();
+    setStatus(`Imported ${name}: ${info.classes.length} classes, LoRA r ${info.lora_r}, α ${info.lora_alpha}, trained on ${info.architecture}.`);
+    ctx.updateButtons();
+    if (app.tiles.length) await ctx.classify().catch(() => {});
+  }
+
   async function importAdapter(file) {
-    const buffer = await file.arrayBuffer();
     try {
-      const info = await call('importAdapter', { name: file.name, buffer }, { transfer: [buffer] });
-      app.trained = { classes: info.classes, source: `imported from ${file.name}` };
-      adapterInfo();
-      setStatus(`Imported ${file.name}: ${info.classes.length} classes, LoRA r ${info.lora_r}, α ${info.lora_alpha}, trained on ${info.architecture}.`);
-      ctx.updateButtons();
-      if (app.tiles.length) await ctx.classify().catch(() => {});
+      await importBytes(file.name, await file.arrayBuffer(), `imported from ${file.name}`);
     } catch (err) {
       setStatus(`Could not import ${file.name}: ${err.message}`, 'error');
     }
@@ -311,6 +324,7 @@ export function initTrain(ctx) {
   });
   $('#adapter-forget').addEventListener('click', () => forget().catch(() => {}));
   chart();
+  const ckpt = initCheckpoints(ctx, { importBytes });
 
   const api = {
     setLabelled,
@@ -319,6 +333,8 @@ export function initTrain(ctx) {
     onModelChanged() {
       if (['running', 'paused', 'stopping', 'preparing'].includes(T.state) && !app.model) T.state = 'idle';
       adapterInfo();
+      if (app.model) ckpt.offer();
+      else ckpt.hide();
     },
   };
   app.trainPanel = api;

@@ -48,6 +48,11 @@ const handlers = {
     return info;
   },
 
+  // Before the files are read whole: can the tab hold this model? (`head`: each file's header.)
+  checkModelMemory({ files }) {
+    return clipit.check_model_memory(files.map((f) => ({ name: f.name, size: f.size, head: new Uint8Array(f.head) })));
+  },
+
   async loadModel({ name, files }) {
     const map = new Map(files.map((f) => [f.name, new Uint8Array(f.buffer)]));
     const info = await clipit.load_model(map, name);
@@ -117,6 +122,11 @@ const handlers = {
 
   trainStep({ n }) {
     return clipit.train_step(n || 1);
+  },
+
+  // The running session's adapter, kept by the page as the training's checkpoint.
+  trainCheckpoint() {
+    return clipit.train_checkpoint();
   },
 
   trainStop() {

@@ -7,6 +7,7 @@
 pub mod conch;
 pub mod files;
 pub mod hf_clip;
+pub mod memory;
 pub mod nn;
 pub mod open_clip;
 pub mod text;

@@ -4,9 +4,8 @@
 //! [`crate::zeroshot`], [`crate::retrieval`]) that converts from and to JavaScript values,
 //! reads tensors only with `into_data_async`, and keeps embeddings in the model's caches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use js_sys::{Function, Uint8Array};
@@ -16,11 +15,11 @@ use wasm_bindgen::prelude::*;
 
 use super::device::device_for;
 use super::js::{files_from_js, image_names, images_from_js, js_error, now_ms, to_js, Progress};
+use super::limits::plan_loaded;
 use super::state::{self, Loaded};
 use crate::model::{Model, ModelFiles};
 use crate::preprocess::{decode_rgb, max_pixels, preprocess, to_batch_tensor};
 use crate::retrieval::{matrix_from_host, matrix_to_host_async};
-use crate::weights::SafeTensors;
 use crate::zeroshot::{
     class_embeddings, default_templates, parse_templates, prompts, zero_shot_probs,
 };
@@ -103,27 +102,14 @@ fn info_of(loaded: &Loaded, load_ms: f64) -> ModelInfo {
     }
 }
 
-/// The largest tensor of every safetensors file, as f32 bytes, with its name.
-fn largest_tensor(files: &BTreeMap<String, Arc<[u8]>>) -> (u64, String) {
-    let mut best = (0u64, String::new());
-    for (file, bytes) in files.iter().filter(|(f, _)| f.ends_with(".safetensors")) {
-        let Ok(st) = SafeTensors::from_bytes(bytes.clone(), file) else { continue };
-        for (name, info) in st.tensors() {
-            let size = info.shape.iter().product::<usize>() as u64 * 4;
-            if size > best.0 {
-                best = (size, name.clone());
-            }
-        }
-    }
-    best
-}
-
 /// Loads a checkpoint folder given as a `Map` or object of file name → `Uint8Array` (HF CLIP,
 /// open_clip, CONCH or timm; see [`crate::model::SUPPORTED`]). `name` names it in messages.
 /// Replaces the model loaded before and clears the caches. Resolves to a [`ModelInfo`].
 ///
 /// Calls [`super::init`] with `"auto"` first if the page has not. A model with a tensor larger
-/// than the WebGPU adapter can bind loads on the CPU instead, and `reason` says so.
+/// than the WebGPU adapter can bind loads on the CPU instead, and `reason` says so; one too
+/// large for the tab on either backend is refused before its tensors are read (see
+/// [`super::check_model_memory`]).
 #[wasm_bindgen]
 pub async fn load_model(files: JsValue, name: Option<String>) -> JsResult {
     let start = now_ms();
@@ -137,8 +123,8 @@ pub async fn load_model(files: JsValue, name: Option<String>) -> JsResult {
     let files = files_from_js(&files)?;
     // Free the previous model before the new weights arrive.
     state::set_model(None);
-    let (bytes, largest) = largest_tensor(&files);
-    let (device, backend, reason) = device_for(&engine, bytes, &largest);
+    let plan = plan_loaded(&engine, &files)?;
+    let (device, backend, reason) = device_for(&engine, &plan);
     let name = name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| "model".into());
     let model = Model::load_files(&ModelFiles::Memory { name, files }, &device).map_err(err)?;
     let loaded = Rc::new(Loaded {

@@ -8,6 +8,7 @@ use wasm_bindgen::prelude::*;
 
 use super::js::{js_error, to_js};
 use super::state::{self, BackendKind, Engine, WebGpu};
+use crate::model::memory::MemoryPlan;
 
 /// The WebGPU limits the kernels rely on, with the minimum each needs. Every adapter that
 /// implements WebGPU's defaults meets them; "compatibility mode" and some mobile adapters do not.
@@ -157,27 +158,12 @@ fn check_limits(limits: &wgpu::Limits) -> Result<(), String> {
     Ok(())
 }
 
-/// The device a model of these weights should load on, and why it is the CPU when WebGPU was
-/// chosen: a tensor larger than the adapter can bind in one buffer.
-pub fn device_for(
-    engine: &Engine,
-    largest_tensor_bytes: u64,
-    largest_name: &str,
-) -> (Device, BackendKind, Option<String>) {
-    match (&engine.backend, &engine.webgpu) {
-        (BackendKind::WebGpu, Some(Ok(g))) => {
-            let limit = g.max_binding.min(g.max_buffer);
-            if largest_tensor_bytes > limit {
-                let reason = format!(
-                    "tensor '{largest_name}' needs {:.0} MiB as f32, above this WebGPU adapter's {:.0} MiB buffer limit",
-                    largest_tensor_bytes as f64 / (1u64 << 20) as f64,
-                    limit as f64 / (1u64 << 20) as f64
-                );
-                (engine.cpu.clone(), BackendKind::Cpu, Some(reason))
-            } else {
-                (g.device.clone(), BackendKind::WebGpu, None)
-            }
-        }
-        _ => (engine.cpu.clone(), BackendKind::Cpu, engine.reason.clone()),
+/// The device a model loads on, as [`crate::model::memory::plan_memory`] planned it (see
+/// [`super::limits`]), and why it is the CPU when WebGPU was chosen: a tensor larger than the
+/// adapter can bind in one buffer.
+pub fn device_for(engine: &Engine, plan: &MemoryPlan) -> (Device, BackendKind, Option<String>) {
+    match (&engine.webgpu, plan.webgpu) {
+        (Some(Ok(g)), true) => (g.device.clone(), BackendKind::WebGpu, None),
+        _ => (engine.cpu.clone(), BackendKind::Cpu, plan.reason.clone().or(engine.reason.clone())),
     }
 }

@@ -320,6 +320,20 @@ pub async fn export_adapter() -> Result<Uint8Array, JsError> {
     Ok(Uint8Array::from(bytes.as_slice()))
 }
 
+/// The running session's adapter as it is now, in the same file as [`export_adapter`] (LoRA in
+/// peft's layout plus the heads), without stopping the session: the page keeps it as the
+/// training's checkpoint, so that a reload can offer it. Its classes are the session's.
+#[wasm_bindgen]
+pub async fn train_checkpoint() -> Result<Uint8Array, JsError> {
+    let loaded = loaded()?;
+    let session = take_session(&loaded)?;
+    let classifier = session.classifier();
+    // The session goes back before the await: a failed export must not end the training.
+    *loaded.training.borrow_mut() = Some(session);
+    let bytes = classifier.to_bytes_async(&loaded.model.params).await.map_err(err)?;
+    Ok(Uint8Array::from(bytes.as_slice()))
+}
+
 /// Reads an adapter file exported by [`export_adapter`] (`name` names it in errors) onto the
 /// loaded model and makes it the classifier. Resolves to `{classes, backbone, architecture,
 /// lora_r, lora_alpha}`.

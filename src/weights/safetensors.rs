@@ -103,24 +103,38 @@ impl SafeTensors {
 
     fn from_header(name: String, source: Source, header: &[u8], file_len: u64) -> Result<Self> {
         let data_start = 8 + header.len() as u64;
-        let data_len = file_len - data_start;
-        let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
-            .map_err(|e| Error::format(&name, format!("invalid safetensors header: {e}")))?;
-        let mut tensors = BTreeMap::new();
-        let mut metadata = BTreeMap::new();
-        for (key, value) in json {
-            if key == "__metadata__" {
-                if let Some(map) = value.as_object() {
-                    for (k, v) in map {
-                        metadata.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
-                    }
-                }
-                continue;
-            }
-            let info = parse_tensor_info(&name, &key, &value, data_len)?;
-            tensors.insert(key, info);
-        }
+        let (tensors, metadata) = parse_header(&name, header, file_len - data_start)?;
         Ok(Self { name, source, data_start, tensors, metadata })
+    }
+
+    /// Validates the header of a safetensors file of `file_len` bytes from its first bytes
+    /// (`prefix`: the 8-byte length and at least the whole header; more is ignored), with the
+    /// same checks as [`SafeTensors::from_bytes`], and returns its tensors. For estimates made
+    /// before the data is read (the browser reads only the head of a file for them).
+    pub fn header_tensors(
+        prefix: &[u8],
+        file_len: u64,
+        name: &str,
+    ) -> Result<BTreeMap<String, TensorInfo>> {
+        if file_len < 8 || prefix.len() < 8 {
+            return Err(Error::format(
+                name,
+                format!("not a safetensors file: only {file_len} bytes"),
+            ));
+        }
+        let header_len = u64::from_le_bytes(prefix[..8].try_into().expect("8 bytes"));
+        check_header_len(name, header_len, file_len)?;
+        let header = prefix.get(8..8 + header_len as usize).ok_or_else(|| {
+            Error::format(
+                name,
+                format!(
+                    "only the first {} bytes were read, and the header needs {}",
+                    prefix.len(),
+                    8 + header_len
+                ),
+            )
+        })?;
+        Ok(parse_header(name, header, file_len - 8 - header_len)?.0)
     }
 
     /// The file name used in error messages.
@@ -194,6 +208,29 @@ impl SafeTensors {
             }
         }
     }
+}
+
+/// The tensors and `__metadata__` of a header whose file has `data_len` bytes after it.
+type Header = (BTreeMap<String, TensorInfo>, BTreeMap<String, String>);
+
+fn parse_header(name: &str, header: &[u8], data_len: u64) -> Result<Header> {
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| Error::format(name, format!("invalid safetensors header: {e}")))?;
+    let mut tensors = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
+    for (key, value) in json {
+        if key == "__metadata__" {
+            if let Some(map) = value.as_object() {
+                for (k, v) in map {
+                    metadata.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+                }
+            }
+            continue;
+        }
+        let info = parse_tensor_info(name, &key, &value, data_len)?;
+        tensors.insert(key, info);
+    }
+    Ok((tensors, metadata))
 }
 
 fn check_header_len(name: &str, header_len: u64, file_len: u64) -> Result<()> {

@@ -19,22 +19,25 @@
 //     the confusion matrix, exports the adapter, checks the page's trained predictions against
 //     the native library's for that file (examples/adapter_predict, 1e-3), imports it back, and
 //     screenshots every panel at 1280×800 and at phone width;
+//   - on the CPU ($E2E_HARDENING, default cpu), hardening.mjs: a training's checkpoint survives a
+//     reload and is offered, resumed or discarded; bad tiles and bad models get clear errors;
 //   - on the CPU, the committed demo bundle with the default server, the "How it works" map, loading
 //     from a URL and the model cache (demo.mjs).
 // Shared helpers are in lib.mjs.
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { CLASSES, OUT, REF, ROOT, STEP_TIMEOUT, TOL, TOP_K, check, cliPairs, cliProbs, compareHits, compareProbs, exportCsv, idle, log, openBrowser, parseCsv, result, startServer } from './lib.mjs';
+import { CLASSES, OUT, REF, ROOT, STEP_TIMEOUT, TOL, TOP_K, check, cliPairs, cliProbs, compareHits, compareProbs, compareTrained, dropItems, exportCsv, idle, log, nativePredictions, openBrowser, parseCsv, result, startServer } from './lib.mjs';
 import { runRealDemo } from './demo.mjs';
+import { runHardening } from './hardening.mjs';
 
 const TILES = path.join(ROOT, 'tests/data/tiles');
 const CORPUS = path.join(ROOT, 'data/reports/demo_reports.jsonl');
 const TEMPLATES = fs.readFileSync(path.join(REF, 'templates.txt'), 'utf8').trim().split('\n');
 const ONLY = (process.env.E2E_SCENARIOS || 'webgpu,cpu').split(',');
 const DEMO = process.env.E2E_DEMO; // a demo bundle folder (run.sh builds one from the fixtures)
-const ADAPTER_PREDICT = process.env.E2E_ADAPTER_PREDICT; // the native adapter_predict example
 const SLIDE = path.join(ROOT, 'tests/data/slides/cmu_small_region.svs');
+// The scenarios that run hardening.mjs (training across a reload, bad tiles and models).
+const HARDENING = (process.env.E2E_HARDENING || 'cpu').split(',');
 
 const BASE_FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const SCENARIOS = [
@@ -47,18 +50,7 @@ const SCENARIOS = [
 // Drops every file of `dir` on a drop zone (as files: a synthetic drop carries no folders).
 async function dropFiles(page, selector, dir) {
   const files = fs.readdirSync(dir).sort();
-  const payload = files.map((f) => ({ name: f, b64: fs.readFileSync(path.join(dir, f)).toString('base64') }));
-  await page.evaluate(
-    ([selector, items]) => {
-      const dt = new DataTransfer();
-      for (const { name, b64 } of items) dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name));
-      const zone = document.querySelector(selector);
-      zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
-      zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
-    },
-    [selector, payload],
-  );
-  return files.length;
+  return dropItems(page, selector, files.map((f) => ({ name: f, bytes: fs.readFileSync(path.join(dir, f)) })));
 }
 
 // The Slide map panel on the CMU slide with the loaded model, against the native `clipit map`
@@ -262,26 +254,6 @@ async function runScenario(sc, port) {
   return timings;
 }
 
-// The native library's predictions for an adapter file: basename -> probabilities.
-function nativePredictions(adapter) {
-  const out = JSON.parse(execFileSync(ADAPTER_PREDICT, [path.join(DEMO, 'model'), adapter, path.join(DEMO, 'tiles')], { encoding: 'utf8' }));
-  return { classes: out.classes, probs: new Map(out.images.map((i) => [i.name, i.probs])) };
-}
-
-// The Tiles panel's CSV against the native predictions for the same adapter.
-function compareTrained(rows, native, label) {
-  let maxDiff = 0;
-  let n = 0;
-  for (const row of rows) {
-    const want = native.probs.get(path.basename(row.image));
-    if (!want) continue;
-    n++;
-    native.classes.forEach((c, i) => (maxDiff = Math.max(maxDiff, Math.abs(Number(row[c]) - want[i]))));
-  }
-  check(n === native.probs.size && n > 0, `${label}: ${n} tiles compared with the native library (${native.probs.size})`);
-  check(maxDiff <= TOL, `${label}: trained predictions match the native library (max |diff| ${maxDiff.toExponential(2)} <= ${TOL})`);
-}
-
 async function trainingState(page) {
   return page.evaluate(() => {
     const t = window.clipitApp.train;
@@ -391,6 +363,7 @@ try {
     try {
       all[sc.name] = await runScenario(sc, port);
       if (DEMO) Object.assign(all[sc.name], await runTraining(sc, port));
+      if (DEMO && HARDENING.includes(sc.name)) Object.assign(all[sc.name], await runHardening(sc, port));
       // The committed demo bundle with the default server: on the CPU only (the fastest).
       if (sc.name === 'cpu') Object.assign(all[sc.name], await runRealDemo(sc, SLIDE));
     } catch (err) {

@@ -1,6 +1,7 @@
-// Shared helpers of the end-to-end tests (e2e.mjs, demo.mjs): the checks and their count, CSV
-// parsing, the native references, the server, a browser with every request recorded.
-import { spawn } from 'node:child_process';
+// Shared helpers of the end-to-end tests (e2e.mjs, demo.mjs, hardening.mjs): the checks and their
+// count, CSV parsing, the native references, the server, a browser with every request recorded,
+// synthetic drops, and the native predictions of an exported adapter.
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -161,4 +162,42 @@ export async function openBrowser(sc, port, viewport = { width: 1280, height: 90
     check(foreign.length === 0, `no request leaves 127.0.0.1${allow.length ? ` except to ${allow.join(', ')}` : ''}${foreign.length ? `: ${foreign.join(', ')}` : ''}`);
   };
   return { page, origin, close, requests };
+}
+
+/** Drops files ({name, bytes}) on a drop zone, as a user would (a synthetic drop carries no folders). */
+export async function dropItems(page, selector, items) {
+  const payload = items.map(({ name, bytes }) => ({ name, b64: Buffer.from(bytes).toString('base64') }));
+  await page.evaluate(
+    ([selector, items]) => {
+      const dt = new DataTransfer();
+      for (const { name, b64 } of items) dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name));
+      const zone = document.querySelector(selector);
+      zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    },
+    [selector, payload],
+  );
+  return items.length;
+}
+
+// The native library's predictions for an adapter file on the demo bundle ($E2E_DEMO, with the
+// adapter_predict example): {classes, probs: basename -> probabilities}.
+export function nativePredictions(adapter) {
+  const demo = process.env.E2E_DEMO;
+  const out = JSON.parse(execFileSync(process.env.E2E_ADAPTER_PREDICT, [path.join(demo, 'model'), adapter, path.join(demo, 'tiles')], { encoding: 'utf8' }));
+  return { classes: out.classes, probs: new Map(out.images.map((i) => [i.name, i.probs])) };
+}
+
+// The Tiles panel's CSV against the native predictions for the same adapter.
+export function compareTrained(rows, native, label) {
+  let maxDiff = 0;
+  let n = 0;
+  for (const row of rows) {
+    const want = native.probs.get(path.basename(row.image));
+    if (!want) continue;
+    n++;
+    native.classes.forEach((c, i) => (maxDiff = Math.max(maxDiff, Math.abs(Number(row[c]) - want[i]))));
+  }
+  check(n === native.probs.size && n > 0, `${label}: ${n} tiles compared with the native library (${native.probs.size})`);
+  check(maxDiff <= TOL, `${label}: trained predictions match the native library (max |diff| ${maxDiff.toExponential(2)} <= ${TOL})`);
 }

@@ -3,7 +3,8 @@
 #
 #   tests/e2e/run.sh            build the page and the CLI, then test WebGPU and the CPU fallback
 #
-# Environment: E2E_SCENARIOS=webgpu,cpu (which to run), E2E_OUT (screenshots, timings, exported
+# Environment: E2E_SCENARIOS=webgpu,cpu (which to run), E2E_HARDENING=cpu (the scenarios that also
+# run hardening.mjs: training across a reload, bad tiles and bad models), E2E_OUT (screenshots, timings, exported
 # adapters; default $CARGO_TARGET_DIR/e2e), E2E_SKIP_BUILD=1 (use the existing pkg/, CLI and
 # example), E2E_DEMO=DIR (a demo bundle; default: one built from the test fixtures),
 # CHROMIUM=/usr/bin/chromium.
