@@ -13,9 +13,11 @@
 # Offline builds: cubecl-cuda 0.11 links cubecl-llvm, whose build script downloads an LLVM bundle
 # from GitHub. LLVM only serves cubecl's optional LLVM/NVPTX compiler; the default CUDA path
 # compiles kernels with NVRTC. Where GitHub cannot be reached (this project's build machine), set
-# CLIPIT_OFFLINE_CUDA=1: DOCS_RS=1 makes those two build scripts skip LLVM, and the linker leaves
-# the LLVM C API unresolved and lazily bound, so the binary runs as long as nobody selects the
-# LLVM compiler. The build goes to its own target folder, since RUSTFLAGS differ.
+# CLIPIT_OFFLINE_CUDA=1: DOCS_RS=1 makes those two build scripts skip LLVM, the linker leaves the
+# LLVM C API unresolved, and .gpu/libllvm_stubs.so (generated here from the binary's undefined
+# symbols; each stub aborts with a message) is preloaded by scripts/gpu_check.sh to satisfy the
+# dynamic linker. The binary runs as long as nobody selects cubecl's LLVM compiler. The build goes
+# to its own target folder, since RUSTFLAGS differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
@@ -38,7 +40,18 @@ for line in sys.stdin:
 rm -rf .gpu && mkdir -p .gpu
 cp "$CARGO_TARGET_DIR/debug/clipit" .gpu/clipit
 while read -r name exe; do cp "$exe" ".gpu/$name"; done </tmp/clipit-gpu-tests.txt
-for f in .gpu/*; do strip "$f" && xz -T0 -6 "$f"; done
+if [ "${CLIPIT_OFFLINE_CUDA:-0}" = 1 ]; then
+  nm -D --undefined-only .gpu/clipit .gpu/parity | awk '$1 == "U" && $2 !~ /@/ {print $2}' | sort -u |
+    python3 -c '
+import sys
+print("#include <stdio.h>\n#include <stdlib.h>")
+print("static void die(const char *s) { fprintf(stderr, \"clipit: %s called, but this offline CUDA build has no LLVM (only the NVRTC path works)\\n\", s); abort(); }")
+for s in sys.stdin.read().split():
+    print(f"void {s}(void) {{ die(\"{s}\"); }}")
+' >/tmp/clipit_llvm_stubs.c
+  cc -shared -fPIC -O1 -o .gpu/libllvm_stubs.so /tmp/clipit_llvm_stubs.c
+fi
+for f in .gpu/clipit .gpu/parity .gpu/train_step; do strip "$f" && xz -T0 -6 "$f"; done
 # The tests find their fixtures under the path they were built in.
 pwd >.gpu/built_in
 ls -la .gpu

@@ -33,6 +33,10 @@ if [ -n "${CLIPIT_GPU_BIN:-}" ]; then
   BIN_DIR="$(mktemp -d)"
   for f in "$CLIPIT_GPU_BIN"/*.xz; do xz -dc "$f" >"$BIN_DIR/$(basename "$f" .xz)"; done
   chmod +x "$BIN_DIR"/*
+  # An offline build's LLVM stubs (scripts/gpu_bundle.sh with CLIPIT_OFFLINE_CUDA=1).
+  if [ -f "$CLIPIT_GPU_BIN/libllvm_stubs.so" ]; then
+    export LD_PRELOAD="$(readlink -f "$CLIPIT_GPU_BIN/libllvm_stubs.so")"
+  fi
   # The test binaries look for their fixtures under the folder they were built in.
   built_in="$(cat "$CLIPIT_GPU_BIN/built_in")"
   if [ "$built_in" != "$PWD" ] && [ ! -e "$built_in" ]; then
