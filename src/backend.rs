@@ -55,6 +55,8 @@ impl Backend {
     }
 }
 
+/// Unused in a build with every backend.
+#[allow(dead_code)]
 fn missing(feature: &str) -> Error {
     Error::msg(format!("this build has no {feature} backend: rebuild with `--features {feature}`"))
 }
