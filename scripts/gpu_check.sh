@@ -31,7 +31,7 @@ echo "CUDA_PATH=${CUDA_PATH:-unset}; $(nproc) CPU cores; $(python3 -c 'import to
 step "binaries"
 if [ -n "${CLIPIT_GPU_BIN:-}" ]; then
   BIN_DIR="$(mktemp -d)"
-  for f in "$CLIPIT_GPU_BIN"/*.xz; do xz -dc "$f" >"$BIN_DIR/$(basename "$f" .xz)"; done
+  tar -xJf "$CLIPIT_GPU_BIN/bin.tar.xz" -C "$BIN_DIR"
   chmod +x "$BIN_DIR"/*
   # An offline build's LLVM stubs (scripts/gpu_bundle.sh with CLIPIT_OFFLINE_CUDA=1).
   if [ -f "$CLIPIT_GPU_BIN/libllvm_stubs.so" ]; then
