@@ -25,8 +25,12 @@ if [ "${CLIPIT_OFFLINE_CUDA:-0}" = 1 ]; then
   export DOCS_RS=1
   export RUSTFLAGS="-C link-arg=-Wl,--unresolved-symbols=ignore-all -C link-arg=-Wl,-z,lazy"
 fi
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipit/target-cuda}"
-FEATURES=wgpu,cuda
+# CLIPIT_GPU_FEATURES=wgpu bundles a build without CUDA (the shared native target folder).
+FEATURES="${CLIPIT_GPU_FEATURES:-wgpu,cuda}"
+case "$FEATURES" in
+  *cuda*) export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipit/target-cuda}" ;;
+  *) export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipit/target}" ;;
+esac
 cargo build --features "$FEATURES" --bin clipit
 # The test binaries' paths, from cargo's own build messages.
 cargo test --features "$FEATURES" --no-run --test parity --test train_step --message-format=json |
@@ -54,7 +58,7 @@ fi
 # One solid archive: the three binaries share most of their code (about 25 MB, against 40 MB
 # compressed one by one; the device tool carries 64 MiB with the working tree).
 strip .gpu/clipit .gpu/parity .gpu/train_step
-(cd .gpu && tar -cf - clipit parity train_step | xz -T1 --lzma2=preset=9e,dict=256MiB >bin.tar.xz)
+(cd .gpu && tar -cf - clipit parity train_step | xz -T1 --lzma2=preset=6,dict=256MiB >bin.tar.xz)
 rm .gpu/clipit .gpu/parity .gpu/train_step
 # The tests find their fixtures under the path they were built in.
 pwd >.gpu/built_in
