@@ -153,13 +153,27 @@ fn manifest_parses_splits_groups_and_quotes() {
 }
 
 #[test]
+fn a_labels_csv_of_file_and_class_parses() {
+    // The page's Train panel: a `file,class` CSV dropped beside the images.
+    let text = "\u{feff}File,Class\ntile 1.png,tumor\n\"b,2.png\",stroma\nsub/c.png,tumor\n";
+    let m = parse_manifest(text, "labels.csv", Path::new("")).unwrap();
+    assert_eq!(m.classes, ["stroma", "tumor"]);
+    let ds = m.train.unwrap();
+    let rows: Vec<(String, usize)> =
+        ds.samples.iter().map(|s| (s.path.display().to_string(), s.label)).collect();
+    assert_eq!(rows, [("tile 1.png".into(), 1), ("b,2.png".into(), 0), ("sub/c.png".into(), 1)]);
+}
+
+#[test]
 fn manifest_errors_name_the_line() {
     let cases = [
         ("path,label\na.png,x\nb.png\n", "line 3: 1 fields, but the header has 2"),
         ("path,label,split\na.png,x,train\nb.png,y,dev\n", "line 3: split 'dev'"),
         ("path,label\na.png,x\nb.png,  \n", "line 3: empty label"),
         ("path,label\n,x\n", "line 2: empty path"),
-        ("file,class\na.png,x\n", "must name 'path' and 'label'"),
+        ("name,kind\na.png,x\n", "must name 'path' (or 'file') and 'label' (or 'class')"),
+        ("file,class\na.png,x\nb.png,y\nc.png,x,z\n", "line 4: 3 fields, but the header has 2"),
+        ("file,class,path\n", "appears twice"),
         ("path,label,path\n", "appears twice"),
         ("path,label\na.png,x\nb.png,x\n", "at least two classes"),
         ("path,label\n\"a.png,x\n", "unterminated quoted field"),

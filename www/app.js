@@ -39,6 +39,7 @@ const app = {
   demo: null, // the demo bundle's index, when the server has one
   timings: {}, // milliseconds of the last operations, by name
   busy: 0,
+  warmUp: new URLSearchParams(location.search).get('warmup') || 'auto', // 'always': on software adapters too
   call,
 };
 window.clipitApp = app;
@@ -197,13 +198,20 @@ async function loadModel(name, files, { cache = true } = {}) {
     await call('checkModelMemory', { files: heads }, { transfer: heads.map((h) => h.head) });
     const buffers = await Promise.all(wanted.map((f) => f.arrayBuffer()));
     const payload = wanted.map((f, i) => ({ name: f.name, buffer: buffers[i] }));
-    app.model = await call('loadModel', { name, files: payload }, { transfer: buffers });
+    const model = await call('loadModel', { name, files: payload }, { transfer: buffers });
+    // One tiny forward pass: WebGPU compiles its shaders now, not at the first classification.
+    const software = app.backend && app.backend.gpu && app.backend.gpu.isFallbackAdapter;
+    if (model.backend === 'webgpu' && (!software || app.warmUp === 'always')) setStatus(`Loading ${name}: warming up…`);
+    const warm = await call('warmUp', { force: app.warmUp === 'always' }).catch((err) => ({ warmup_ms: null, skipped: `the warm-up failed: ${err.message}` }));
+    app.model = Object.assign(model, { warmup_ms: warm.warmup_ms, warmup_note: warm.skipped || null });
     app.timings.load = app.model.load_ms;
+    app.timings.warmup = app.model.warmup_ms;
     for (const t of app.tiles) Object.assign(t, { probs: null, prediction: null, hits: null });
     renderModel();
     renderBackend();
     renderGrid();
-    setStatus(`Loaded ${name} (${app.model.architecture}) on ${app.model.backend === 'webgpu' ? 'WebGPU' : 'the CPU'} in ${fmtMs(app.model.load_ms)}.`);
+    const warmed = model.warmup_ms !== null ? ` (warmed up in ${fmtMs(model.warmup_ms)})` : model.warmup_note ? ` (${model.warmup_note})` : '';
+    setStatus(`Loaded ${name} (${app.model.architecture}) on ${app.model.backend === 'webgpu' ? 'WebGPU' : 'the CPU'} in ${fmtMs(app.model.load_ms)}${warmed}.`);
   });
   if (cache) models.remember(name, wanted);
   if (app.tiles.length && app.model.has_text) await classify();
@@ -227,7 +235,8 @@ function renderModel() {
     ...(m.backend === 'webgpu' && app.backend && app.backend.gpu
       ? [['Adapter', `${[app.backend.gpu.vendor, app.backend.gpu.architecture].filter(Boolean).join(' ') || 'unnamed'}${app.backend.gpu.isFallbackAdapter ? ' (software fallback)' : ''}`]]
       : []),
-    ['Loaded in', fmtMs(m.load_ms)],
+    ['Loaded in', `${fmtMs(m.load_ms)}${typeof m.warmup_ms === 'number' ? `, warmed up in ${fmtMs(m.warmup_ms)}` : m.warmup_note ? ` (${m.warmup_note})` : ''}`],
+    ['Per pass', `${m.image_batch} images, ${m.text_batch} texts${m.batch_note ? ` (micro-batches: ${m.batch_note})` : ''}`],
   ];
   const reason = m.reason || (app.backend && app.backend.backend === 'cpu' ? app.backend.reason : null);
   if (reason) rows.push(['Why the CPU', reason]);
@@ -566,6 +575,9 @@ async function main() {
         : `Ready on the CPU (${b.reason}). Load a model to begin.`,
     );
   }
+  // Test hook: micro-batch as if the WebGPU adapter's buffers held at most this many bytes.
+  const batchLimit = Number(new URLSearchParams(location.search).get('batch_limit'));
+  if (app.backend && batchLimit > 0) await call('setBatchLimit', { bytes: batchLimit });
   document.body.dataset.ready = app.backend ? '1' : 'error';
   document.body.dataset.busy = '0';
   updateButtons();

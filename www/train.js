@@ -3,6 +3,7 @@
 // the adapter's export and import. Checkpoints that survive a reload are in checkpoints.js.
 // State is in app.train (read by the end-to-end test).
 import { CHECKPOINT_EVERY, initCheckpoints } from './checkpoints.js';
+import { someNames } from './files.js';
 
 const IMAGE_EXT = /\.(png|jpe?g|tiff?)$/i;
 const STAGES = { images: 'Embedding tiles', reports: 'Embedding reports' };
@@ -70,9 +71,15 @@ export function initTrain(ctx) {
     $('#train-data').textContent = `${T.items.length} labelled tiles in ${T.classes.length} classes: ${counts.join(', ')}.`;
   }
 
-  /** Labelled tiles from picked or dropped files: the class is each file's parent folder. */
+  /**
+   * Labelled tiles from picked or dropped files: the class is each file's parent folder, or,
+   * when a CSV comes with them, the class its `file,class` rows give (parsed by the engine).
+   */
   async function setLabelled(list) {
     const images = list.filter((x) => IMAGE_EXT.test(x.file.name) && !x.file.name.startsWith('.'));
+    const csvs = list.filter((x) => /\.csv$/i.test(x.file.name) && !x.file.name.startsWith('.'));
+    if (csvs.length > 1) return void setStatus(`${someNames(csvs.map((x) => x.path))}: give one labels CSV (file,class) beside the images.`, 'error');
+    if (csvs.length === 1) return labelledByCsv(images, csvs[0]);
     const parent = (p) => {
       const parts = p.split('/').filter(Boolean);
       return parts.length >= 2 ? parts[parts.length - 2] : null;
@@ -89,10 +96,40 @@ export function initTrain(ctx) {
       return;
     }
     T.items = images.map((x) => ({ file: x.file, name: x.path, label: T.classes.indexOf(parent(x.path)) }));
+    await ready('');
+  }
+
+  /** Labelled tiles whose classes a CSV gives: rows `file,class`, files relative to the CSV. */
+  async function labelledByCsv(images, csv) {
+    const buffer = await csv.file.arrayBuffer();
+    const parsed = await call('labelsCsv', { name: csv.path, buffer }, { transfer: [buffer] }).catch((err) => void setStatus(err.message, 'error'));
+    if (!parsed) return;
+    const dir = csv.path.slice(0, csv.path.lastIndexOf('/') + 1);
+    const byPath = new Map(images.map((x) => [x.path.startsWith(dir) ? x.path.slice(dir.length) : x.path, x]));
+    const rows = parsed.rows.map((r) => ({ ...r, key: r.file.replace(/\\/g, '/').replace(/^\.\//, '') }));
+    const found = rows.filter((r) => byPath.has(r.key));
+    const missing = rows.filter((r) => !byPath.has(r.key)).map((r) => r.file);
+    const listed = new Set(found.map((r) => r.key));
+    const unlisted = [...byPath.keys()].filter((k) => !listed.has(k));
+    // Only the classes that have images, in the CSV's (sorted) order.
+    const classes = parsed.classes.filter((_, i) => found.some((r) => r.label === i));
+    if (classes.length < 2) {
+      setStatus(`${csv.path}: ${found.length} of its ${rows.length} files were given, in ${classes.length} class(es); training needs at least two${missing.length ? ` (not given: ${someNames(missing)})` : ''}.`, 'error');
+      return;
+    }
+    T.classes = classes;
+    T.items = found.map((r) => ({ file: byPath.get(r.key).file, name: byPath.get(r.key).path, label: classes.indexOf(parsed.classes[r.label]) }));
+    const notes = [` Classes from ${csv.path}.`];
+    if (missing.length) notes.push(` ${missing.length} listed file(s) were not given: ${someNames(missing)}.`);
+    if (unlisted.length) notes.push(` ${unlisted.length} image(s) are not in it and were left out: ${someNames(unlisted)}.`);
+    await ready(notes.join(''));
+  }
+
+  async function ready(note) {
     await resend();
     describeData();
     buttons();
-    setStatus(`Ready to train on ${T.items.length} labelled tiles in ${T.classes.length} classes.`);
+    setStatus(`Ready to train on ${T.items.length} labelled tiles in ${T.classes.length} classes.${note}`);
   }
 
   async function resend() {

@@ -53,10 +53,24 @@ const handlers = {
     return clipit.check_model_memory(files.map((f) => ({ name: f.name, size: f.size, head: new Uint8Array(f.head) })));
   },
 
+  // The files' bytes stay here, on the JavaScript side: the engine copies one tensor at a time
+  // into wasm memory while converting it, and lets go of them once the model is loaded.
   async loadModel({ name, files }) {
     const map = new Map(files.map((f) => [f.name, new Uint8Array(f.buffer)]));
     const info = await clipit.load_model(map, name);
     return info;
+  },
+
+  // One tiny forward pass after loading, so that WebGPU compiles its shaders now (not on a
+  // software adapter unless forced).
+  async warmUp({ force }) {
+    return clipit.warm_up(Boolean(force));
+  },
+
+  // Test hook (?batch_limit=BYTES): batch as if the adapter's buffers held at most that much.
+  setBatchLimit({ bytes }) {
+    clipit.set_batch_limit(bytes || 0);
+    return null;
   },
 
   addTiles({ items }) {
@@ -112,6 +126,11 @@ const handlers = {
       ? { classes, names: items.map((t) => t.name), labels: Uint32Array.from(items.map((t) => t.label)), bytes: items.map((t) => new Uint8Array(t.buffer)) }
       : null;
     return { count: labelled ? labelled.names.length : 0 };
+  },
+
+  // A labels CSV (file,class) dropped beside training tiles.
+  labelsCsv({ name, buffer }) {
+    return clipit.labels_csv(new Uint8Array(buffer), name);
   },
 
   async trainPrepare({ options }, progress) {

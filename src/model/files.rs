@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::weights::SafeTensors;
+use crate::weights::{ByteSource, SafeTensors};
 use crate::{Error, Result};
 
 /// A checkpoint folder: its config, weights and tokenizer files by name.
@@ -18,6 +19,14 @@ pub enum ModelFiles {
         /// File contents by file name.
         files: BTreeMap<String, Arc<[u8]>>,
     },
+    /// Files read by range, keyed by file name: the browser's files, whose bytes stay on the
+    /// JavaScript side; a tensor's bytes are copied in only while it is converted.
+    Ranges {
+        /// A name for messages (e.g. the folder the user picked).
+        name: String,
+        /// File contents by file name.
+        files: BTreeMap<String, Rc<dyn ByteSource>>,
+    },
 }
 
 impl ModelFiles {
@@ -25,7 +34,7 @@ impl ModelFiles {
     pub fn name(&self) -> String {
         match self {
             Self::Dir(p) => p.display().to_string(),
-            Self::Memory { name, .. } => name.clone(),
+            Self::Memory { name, .. } | Self::Ranges { name, .. } => name.clone(),
         }
     }
 
@@ -33,7 +42,7 @@ impl ModelFiles {
     pub fn path_of(&self, file: &str) -> String {
         match self {
             Self::Dir(p) => p.join(file).display().to_string(),
-            Self::Memory { name, .. } => format!("{name}/{file}"),
+            Self::Memory { name, .. } | Self::Ranges { name, .. } => format!("{name}/{file}"),
         }
     }
 
@@ -42,6 +51,7 @@ impl ModelFiles {
         match self {
             Self::Dir(p) => p.join(file).is_file(),
             Self::Memory { files, .. } => files.contains_key(file),
+            Self::Ranges { files, .. } => files.contains_key(file),
         }
     }
 
@@ -53,6 +63,12 @@ impl ModelFiles {
                 .get(file)
                 .map(|b| b.to_vec())
                 .ok_or_else(|| Error::format(self.path_of(file), "file not found")),
+            Self::Ranges { files, .. } => {
+                let source = files
+                    .get(file)
+                    .ok_or_else(|| Error::format(self.path_of(file), "file not found"))?;
+                source.read_range(0, source.len()).map_err(|e| Error::format(self.path_of(file), e))
+            }
         }
     }
 
@@ -73,6 +89,9 @@ impl ModelFiles {
                     Self::Memory { files, .. } => {
                         SafeTensors::from_bytes(files[*file].clone(), &self.path_of(file))
                     }
+                    Self::Ranges { files, .. } => {
+                        SafeTensors::from_source(files[*file].clone(), &self.path_of(file))
+                    }
                 };
             }
         }
@@ -92,5 +111,57 @@ impl ModelFiles {
             self.name(),
             format!("no weights file: expected one of {}", candidates.join(", ")),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+    use burn::tensor::{Device, Tensor};
+
+    /// A [`ByteSource`] that counts the bytes read, to show that loading reads each byte once.
+    struct Counted(Arc<[u8]>, std::cell::Cell<u64>);
+
+    impl ByteSource for Counted {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_range(&self, start: u64, end: u64) -> std::result::Result<Vec<u8>, String> {
+            self.1.set(self.1.get() + end - start);
+            self.0.read_range(start, end)
+        }
+    }
+
+    #[test]
+    fn a_folder_read_by_range_loads_as_from_disk() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/open_clip");
+        let device = Device::flex();
+        let sources: BTreeMap<String, Rc<Counted>> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let bytes: Arc<[u8]> = std::fs::read(&p).unwrap().into();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    Rc::new(Counted(bytes, 0.into())),
+                )
+            })
+            .collect();
+        let files =
+            sources.iter().map(|(k, v)| (k.clone(), v.clone() as Rc<dyn ByteSource>)).collect();
+        let ranged =
+            Model::load_files(&ModelFiles::Ranges { name: "m".into(), files }, &device).unwrap();
+        let disk = Model::load(&dir, &device).unwrap();
+        let weights = &sources["open_clip_model.safetensors"];
+        // The 8-byte length, then the length and header, then each tensor at most once.
+        let head = u64::from_le_bytes(weights.0[..8].try_into().unwrap()) + 8;
+        assert!(weights.1.get() <= weights.len() + 8 + head, "read {} bytes", weights.1.get());
+        let s = disk.vision.geometry.image_size;
+        let pixels = Tensor::<4>::ones([1, 3, s, s], &device);
+        let a = ranged.encode_images(pixels.clone()).unwrap().into_data();
+        let b = disk.encode_images(pixels).unwrap().into_data();
+        assert_eq!(a, b);
     }
 }

@@ -2,7 +2,8 @@
 //! pairing with retrieved reports ([`attach_pairs`]) and the streaming [`BatchLoader`].
 //!
 //! Manifests are CSV files with a header naming the columns (any order, case-insensitive):
-//! `path,label[,split][,group]`. `path` is relative to the manifest's folder (or absolute),
+//! `path,label[,split][,group]` (`file` and `class` also name the first two, as the page's
+//! labels CSV has them). `path` is relative to the manifest's folder (or absolute),
 //! `label` is a class name, `split` is `train`, `val` (also `valid`, `validation`) or `test`, and
 //! `group` ties samples that must stay on one side of a split (a source image, a patient). Fields
 //! may be quoted (`"a,b.png"`, `""` for a quote); other columns are ignored. Classes are sorted by
@@ -227,10 +228,10 @@ pub fn parse_manifest(text: &str, name: &str, base: &Path) -> Result<ManifestSpl
         ));
     };
     let mut cols: [Option<usize>; 4] = [None; 4];
-    const NAMES: [&str; 4] = ["path", "label", "split", "group"];
+    const NAMES: [&[&str]; 4] = [&["path", "file"], &["label", "class"], &["split"], &["group"]];
     for (i, h) in header.iter().enumerate() {
         let h = h.trim().to_ascii_lowercase();
-        if let Some(k) = NAMES.iter().position(|n| *n == h) {
+        if let Some(k) = NAMES.iter().position(|n| n.contains(&h.as_str())) {
             if cols[k].is_some() {
                 return Err(Error::format(
                     name,
@@ -244,7 +245,7 @@ pub fn parse_manifest(text: &str, name: &str, base: &Path) -> Result<ManifestSpl
         return Err(Error::format(
             name,
             format!(
-                "line {hline}: the header must name 'path' and 'label' columns, found: {}",
+                "line {hline}: the header must name 'path' (or 'file') and 'label' (or 'class') columns, found: {}",
                 header.join(",")
             ),
         ));

@@ -15,7 +15,7 @@ use wasm_bindgen::prelude::*;
 
 use super::device::device_for;
 use super::js::{files_from_js, image_names, images_from_js, js_error, now_ms, to_js, Progress};
-use super::limits::plan_loaded;
+use super::limits::{batches, plan_loaded};
 use super::state::{self, Loaded};
 use crate::model::{Model, ModelFiles};
 use crate::preprocess::{decode_rgb, max_pixels, preprocess, to_batch_tensor};
@@ -24,10 +24,6 @@ use crate::zeroshot::{
     class_embeddings, default_templates, parse_templates, prompts, zero_shot_probs,
 };
 
-/// Images per forward pass of the image encoder.
-const IMAGE_BATCH: usize = 16;
-/// Texts per forward pass of the text encoder.
-const TEXT_BATCH: usize = 32;
 /// Images scored against the classes or the corpus at once.
 pub(super) const SCORE_BLOCK: usize = 1024;
 
@@ -74,6 +70,12 @@ pub struct ModelInfo {
     pub backend: &'static str,
     /// Why the model is on the CPU although WebGPU was wanted.
     pub reason: Option<String>,
+    /// Images per forward pass of the image encoder.
+    pub image_batch: usize,
+    /// Texts per forward pass of the text encoder.
+    pub text_batch: usize,
+    /// Why those are smaller than the page's batches (the adapter's buffer limits).
+    pub batch_note: Option<String>,
     /// Time spent in [`load_model`], in milliseconds.
     pub load_ms: f64,
 }
@@ -98,6 +100,9 @@ fn info_of(loaded: &Loaded, load_ms: f64) -> ModelInfo {
         ignored_tensors: m.ignored_tensors.len(),
         backend: loaded.backend.as_str(),
         reason: loaded.reason.clone(),
+        image_batch: loaded.batches.image,
+        text_batch: loaded.batches.text,
+        batch_note: loaded.batches.note.clone(),
         load_ms,
     }
 }
@@ -109,7 +114,9 @@ fn info_of(loaded: &Loaded, load_ms: f64) -> ModelInfo {
 /// Calls [`super::init`] with `"auto"` first if the page has not. A model with a tensor larger
 /// than the WebGPU adapter can bind loads on the CPU instead, and `reason` says so; one too
 /// large for the tab on either backend is refused before its tensors are read (see
-/// [`super::check_model_memory`]).
+/// [`super::check_model_memory`]). The files' bytes stay on the JavaScript side: each tensor is
+/// copied into wasm memory only while it is converted (and, on WebGPU, sent to the GPU).
+/// Follow it with [`warm_up`].
 #[wasm_bindgen]
 pub async fn load_model(files: JsValue, name: Option<String>) -> JsResult {
     let start = now_ms();
@@ -126,8 +133,9 @@ pub async fn load_model(files: JsValue, name: Option<String>) -> JsResult {
     let plan = plan_loaded(&engine, &files)?;
     let (device, backend, reason) = device_for(&engine, &plan);
     let name = name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| "model".into());
-    let model = Model::load_files(&ModelFiles::Memory { name, files }, &device).map_err(err)?;
+    let model = Model::load_files(&ModelFiles::Ranges { name, files }, &device).map_err(err)?;
     let loaded = Rc::new(Loaded {
+        batches: batches(&engine, backend, &model),
         model,
         device,
         backend,
@@ -139,6 +147,40 @@ pub async fn load_model(files: JsValue, name: Option<String>) -> JsResult {
     });
     state::set_model(Some(loaded.clone()));
     to_js(&info_of(&loaded, now_ms() - start))
+}
+
+/// Runs the loaded model once on WebGPU, on one blank image at its size and one short text (with
+/// a text tower), so that the shaders compile while the page says "warming up" rather than at
+/// the first classification. Resolves to `{warmup_ms, skipped}`: `warmup_ms` is `null` on the
+/// CPU (which needs none) and, with `skipped` saying why, on a software adapter unless `force`:
+/// there the passes themselves are the cost (on SwiftShader the first classification took as
+/// long after a warm-up as without one, for the test fixtures and for a full ViT-B/32 alike).
+#[wasm_bindgen]
+pub async fn warm_up(force: Option<bool>) -> JsResult {
+    #[derive(Serialize)]
+    struct Out {
+        warmup_ms: Option<f64>,
+        skipped: Option<&'static str>,
+    }
+    let start = now_ms();
+    let loaded = loaded()?;
+    if loaded.backend != state::BackendKind::WebGpu {
+        return to_js(&Out { warmup_ms: None, skipped: None });
+    }
+    let software =
+        state::engine().and_then(|e| e.webgpu.clone()).is_some_and(|g| g.is_ok_and(|g| g.fallback));
+    if software && !force.unwrap_or(false) {
+        let why = "no warm-up on a software adapter, where it saves no time";
+        return to_js(&Out { warmup_ms: None, skipped: Some(why) });
+    }
+    let model = &loaded.model;
+    let s = model.vision.geometry.image_size;
+    let pixels = Tensor::<4>::zeros([1, 3, s, s], &loaded.device);
+    matrix_to_host_async(model.encode_images(pixels).map_err(err)?).await.map_err(err)?;
+    if model.has_text() {
+        matrix_to_host_async(model.encode_texts(&["a"]).map_err(err)?).await.map_err(err)?;
+    }
+    to_js(&Out { warmup_ms: Some(now_ms() - start), skipped: None })
 }
 
 /// The loaded model's [`ModelInfo`], or `null`.
@@ -198,7 +240,8 @@ pub(super) async fn image_rows(
     let crop = loaded.model.preprocess.crop;
     let total = todo.len();
     progress.report("images", 0, total);
-    for (b, batch) in todo.chunks(IMAGE_BATCH).enumerate() {
+    let per_pass = loaded.batches.image;
+    for (b, batch) in todo.chunks(per_pass).enumerate() {
         let mut pixels = Vec::with_capacity(batch.len());
         let mut done = Vec::with_capacity(batch.len());
         for &i in batch {
@@ -223,7 +266,7 @@ pub(super) async fn image_rows(
                 cache.insert(keys[i].clone(), Rc::new(row.to_vec()));
             }
         }
-        progress.report("images", (b * IMAGE_BATCH + batch.len()).min(total), total);
+        progress.report("images", (b * per_pass + batch.len()).min(total), total);
     }
     let cache = loaded.image_cache.borrow();
     Ok(keys
@@ -237,14 +280,15 @@ pub(super) async fn image_rows(
 
 /// Text embeddings `[texts.len(), D]` (before normalisation) as host rows, in batches.
 pub(super) async fn text_rows(
-    model: &Model,
+    loaded: &Loaded,
     texts: &[String],
     stage: &str,
     progress: &Progress,
 ) -> Result<Vec<f32>, JsError> {
+    let model = &loaded.model;
     let mut values = Vec::with_capacity(texts.len() * model.embed_dim);
     progress.report(stage, 0, texts.len());
-    for chunk in texts.chunks(TEXT_BATCH) {
+    for chunk in texts.chunks(loaded.batches.text) {
         let (v, _) =
             matrix_to_host_async(model.encode_texts(chunk).map_err(err)?).await.map_err(err)?;
         values.extend(v);
@@ -313,9 +357,10 @@ pub async fn zero_shot(
     // cost on WebGPU), then split per class on the device.
     let all: Vec<String> = prompts(&classes, &templates).into_iter().flatten().collect();
     let mut chunks = Vec::new();
-    for (i, chunk) in all.chunks(TEXT_BATCH).enumerate() {
+    let per_pass = loaded.batches.text;
+    for (i, chunk) in all.chunks(per_pass).enumerate() {
         chunks.push(model.encode_texts(chunk).map_err(err)?);
-        progress.report("classes", (i * TEXT_BATCH + chunk.len()).min(all.len()), all.len());
+        progress.report("classes", (i * per_pass + chunk.len()).min(all.len()), all.len());
     }
     let all = Tensor::cat(chunks, 0);
     let t = templates.len();
@@ -426,7 +471,7 @@ pub async fn embed_texts(texts: Vec<String>, progress: Option<Function>) -> JsRe
     let start = now_ms();
     let loaded = loaded()?;
     with_text(&loaded, "text embedding")?;
-    let values = text_rows(&loaded.model, &texts, "texts", &Progress(progress)).await?;
+    let values = text_rows(&loaded, &texts, "texts", &Progress(progress)).await?;
     let dim = loaded.model.embed_dim;
     let embeddings = values.chunks(dim.max(1)).map(<[f32]>::to_vec).collect();
     to_js(&Out { dim, embeddings, elapsed_ms: now_ms() - start })

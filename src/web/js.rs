@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use js_sys::{ArrayBuffer, Function, Map, Object, Uint8Array};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
+
+use crate::weights::ByteSource;
 
 /// A JavaScript `Error` with this message.
 pub fn js_error(msg: impl Display) -> JsError {
@@ -21,24 +23,41 @@ pub fn to_js<T: Serialize + ?Sized>(value: &T) -> Result<JsValue, JsError> {
         .map_err(|e| js_error(format!("cannot return the result to JavaScript: {e}")))
 }
 
-/// Copies a `Uint8Array` (or `ArrayBuffer`) into one shared allocation, without an extra copy.
-pub fn bytes_of(value: &JsValue, what: &str) -> Result<Arc<[u8]>, JsError> {
-    let array = if let Some(a) = value.dyn_ref::<Uint8Array>() {
-        a.clone()
-    } else if let Some(b) = value.dyn_ref::<ArrayBuffer>() {
-        Uint8Array::new(b)
-    } else {
-        return Err(js_error(format!("{what}: expected a Uint8Array or an ArrayBuffer")));
-    };
-    let mut bytes: Arc<[u8]> = std::iter::repeat_n(0u8, array.length() as usize).collect();
-    array.copy_to(Arc::get_mut(&mut bytes).expect("a new Arc has one owner"));
-    Ok(bytes)
+/// A file's bytes left on the JavaScript side (a `Uint8Array` over the worker's `ArrayBuffer`):
+/// reading a range copies only that range into wasm memory.
+pub struct JsBytes(Uint8Array);
+
+impl JsBytes {
+    /// Wraps a `Uint8Array` or an `ArrayBuffer` (no copy); `what` names it in errors.
+    pub fn new(value: &JsValue, what: &str) -> Result<Self, JsError> {
+        if let Some(a) = value.dyn_ref::<Uint8Array>() {
+            Ok(Self(a.clone()))
+        } else if let Some(b) = value.dyn_ref::<ArrayBuffer>() {
+            Ok(Self(Uint8Array::new(b)))
+        } else {
+            Err(js_error(format!("{what}: expected a Uint8Array or an ArrayBuffer")))
+        }
+    }
+}
+
+impl ByteSource for JsBytes {
+    fn len(&self) -> u64 {
+        u64::from(self.0.length())
+    }
+
+    fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, String> {
+        if start > end || end > self.len() {
+            return Err(format!("bytes {start}..{end} lie outside the {} bytes", self.len()));
+        }
+        Ok(self.0.subarray(start as u32, end as u32).to_vec())
+    }
 }
 
 /// The files of a checkpoint folder from a `Map` or a plain object of name → bytes. Names may
 /// be paths (`folder/config.json`, as `webkitRelativePath` gives them): only the last part is
 /// kept, and two files with the same last part are an error.
-pub fn files_from_js(files: &JsValue) -> Result<BTreeMap<String, Arc<[u8]>>, JsError> {
+/// The bytes stay on the JavaScript side (see [`JsBytes`]).
+pub fn files_from_js(files: &JsValue) -> Result<BTreeMap<String, Rc<dyn ByteSource>>, JsError> {
     let entries: Vec<(JsValue, JsValue)> = if let Some(map) = files.dyn_ref::<Map>() {
         let mut out = Vec::new();
         map.for_each(&mut |value, key| out.push((key, value)));
@@ -65,7 +84,7 @@ pub fn files_from_js(files: &JsValue) -> Result<BTreeMap<String, Arc<[u8]>>, JsE
                 "two files are named {name} ({first} and {path}): pick the checkpoint's own folder"
             )));
         }
-        out.insert(name, bytes_of(&value, &path)?);
+        out.insert(name, Rc::new(JsBytes::new(&value, &path)?) as Rc<dyn ByteSource>);
     }
     if out.is_empty() {
         return Err(js_error("load_model: no files were given"));

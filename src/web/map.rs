@@ -289,6 +289,7 @@ async fn step(
     }
     let (done, total) = (s.records.len(), s.plan.tiles.len());
     let tiles = &s.plan.tiles[done..(done + n).min(total)];
+    let per_pass = loaded.batches.image.min(MAP_BATCH);
     let report = |d: usize, _: usize| {
         progress.report("tiles", done + d, total);
         true
@@ -298,11 +299,11 @@ async fn step(
             let c =
                 ZeroShotClassifier::with_class_embeds(&loaded.model, &s.classes, embeds.clone())
                     .map_err(err)?;
-            classify_tiles_async(&mut s.slide, tiles, &c, MAP_BATCH, report).await
+            classify_tiles_async(&mut s.slide, tiles, &c, per_pass, report).await
         }
         Labeller::Trained(classifier) => {
             let c = AdapterClassifier::new(classifier, loaded.model.preprocess);
-            classify_tiles_async(&mut s.slide, tiles, &c, MAP_BATCH, report).await
+            classify_tiles_async(&mut s.slide, tiles, &c, per_pass, report).await
         }
     }
     .map_err(err)?;

@@ -5,12 +5,14 @@
 //!
 //! 1. [`init`]: picks WebGPU (burn-wgpu) when the browser offers a usable adapter, software
 //!    fallback adapters included, and otherwise the CPU backend (burn-flex), saying why;
-//! 2. [`load_model`]: a checkpoint folder given as file name → bytes, after
-//!    [`check_model_memory`] says from the files' headers that the tab can hold it;
+//! 2. [`load_model`]: a checkpoint folder given as file name → bytes (left on the JavaScript
+//!    side, read one tensor at a time), after [`check_model_memory`] says from the files'
+//!    headers that the tab can hold it; then [`warm_up`] (WebGPU compiles its shaders);
 //! 3. [`zero_shot`] (alias [`classify`]), [`retrieve`], [`embed_images`], [`embed_texts`];
 //!    [`thumbnail`] draws images the browser cannot (TIFF);
-//! 4. the Train panel: [`train_prepare`], then [`train_step`] a few steps at a time (with
-//!    [`train_checkpoint`] every few steps, kept by the page), [`train_stop`];
+//! 4. the Train panel: [`labels_csv`] for a labels CSV beside the tiles, [`train_prepare`],
+//!    then [`train_step`] a few steps at a time (with [`train_checkpoint`] every few steps, kept
+//!    by the page), [`train_stop`];
 //!    [`classify_trained`] with the result; [`export_adapter`] / [`import_adapter`];
 //! 5. the Slide map panel: [`map_open`], [`map_start`], [`map_step`] until finished, then
 //!    [`map_geojson`], [`map_csv`], [`map_overlay_png`]; [`map_tile_report`] on a click;
@@ -35,20 +37,20 @@ mod train;
 use wasm_bindgen::prelude::*;
 
 pub use api::{
-    classify, embed_images, embed_texts, load_model, model_info, unload_model, zero_shot,
+    classify, embed_images, embed_texts, load_model, model_info, unload_model, warm_up, zero_shot,
 };
 pub use device::{backend_info, init};
 pub use how::how_map;
 pub use images::{default_templates, thumbnail};
-pub use limits::check_model_memory;
+pub use limits::{check_model_memory, set_batch_limit};
 pub use map::{
     map_close, map_csv, map_geojson, map_open, map_overlay_png, map_start, map_step,
     map_tile_report,
 };
 pub use reports::retrieve;
 pub use train::{
-    classify_trained, export_adapter, forget_classifier, import_adapter, train_checkpoint,
-    train_prepare, train_step, train_stop,
+    classify_trained, export_adapter, forget_classifier, import_adapter, labels_csv,
+    train_checkpoint, train_prepare, train_step, train_stop,
 };
 
 /// Installs the panic hook so Rust panics reach the browser console.

@@ -49,7 +49,7 @@ pub(super) async fn corpus_embeds(
     if let Some(c) = loaded.corpus.borrow().as_ref().filter(|c| c.key == key) {
         return Ok(c.clone());
     }
-    let values = text_rows(&loaded.model, &corpus.texts, "reports", progress).await?;
+    let values = text_rows(&loaded, &corpus.texts, "reports", progress).await?;
     let embeds = matrix_from_host(&values, loaded.model.embed_dim, &loaded.device).map_err(err)?;
     let c = Rc::new(CorpusEmbeds { key, corpus: Rc::new(corpus), embeds });
     *loaded.corpus.borrow_mut() = Some(c.clone());

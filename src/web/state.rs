@@ -83,6 +83,8 @@ pub struct Loaded {
     pub backend: BackendKind,
     /// Why this model is on the CPU although WebGPU was chosen (e.g. a tensor too large to bind).
     pub reason: Option<String>,
+    /// Images and texts per forward pass on this device (fewer under low buffer limits).
+    pub batches: super::limits::Batches,
     /// Image embeddings (before normalisation) by content hash of the image file.
     pub image_cache: RefCell<HashMap<String, Rc<Vec<f32>>>>,
     /// The last corpus's text embeddings.

@@ -25,9 +25,6 @@ use crate::train::classifier::Classifier;
 use crate::train::session::{LabelledImages, ReportTargets, SessionOptions, TrainSession};
 use crate::train::trainer::StepLog;
 
-/// Images per forward pass when classifying with the trained model.
-const PREDICT_BATCH: usize = 16;
-
 /// An image left out of training, and why.
 #[derive(Serialize)]
 struct Skipped {
@@ -278,8 +275,9 @@ pub async fn classify_trained(
     let bytes = images_from_js(&images);
     let cfg = loaded.model.preprocess;
     let mut out: Vec<ImageProbs> = Vec::with_capacity(names.len());
-    for (b, chunk) in names.chunks(PREDICT_BATCH).enumerate() {
-        let offset = b * PREDICT_BATCH;
+    let per_pass = loaded.batches.image;
+    for (b, chunk) in names.chunks(per_pass).enumerate() {
+        let offset = b * per_pass;
         let (mut pixels, mut ok) = (Vec::new(), Vec::new());
         for (k, name) in chunk.iter().enumerate() {
             let error = match decode_rgb(&bytes[offset + k], name, max_pixels()) {
@@ -369,4 +367,34 @@ pub fn forget_classifier() {
         l.classifier.borrow_mut().take();
         l.training.borrow_mut().take();
     }
+}
+
+/// Parses a labels CSV dropped beside training tiles (`name` names it in errors): a header
+/// naming a `file` (or `path`) and a `class` (or `label`) column, then one row per image, as
+/// [`crate::train::data::parse_manifest`] reads manifests; errors give the line. Resolves to
+/// `{classes, rows: [{file, label}]}` (`file` as written, `label` indexing the sorted classes).
+#[wasm_bindgen]
+pub fn labels_csv(bytes: Uint8Array, name: String) -> JsResult {
+    #[derive(Serialize)]
+    struct Row {
+        file: String,
+        label: usize,
+    }
+    #[derive(Serialize)]
+    struct Out {
+        classes: Vec<String>,
+        rows: Vec<Row>,
+    }
+    let bytes = bytes.to_vec();
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| js_error(format!("{name}: not UTF-8 text: {e}")))?;
+    let m =
+        crate::train::data::parse_manifest(text, &name, std::path::Path::new("")).map_err(err)?;
+    let rows = [m.train, m.val, m.test]
+        .into_iter()
+        .flatten()
+        .flat_map(|d| d.samples)
+        .map(|s| Row { file: s.path.to_string_lossy().into_owned(), label: s.label })
+        .collect();
+    to_js(&Out { classes: m.classes, rows })
 }

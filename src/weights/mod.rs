@@ -11,7 +11,7 @@ mod params;
 mod safetensors;
 
 pub use params::{Layout, ParamInfo, ParamKind, ParamNames};
-pub use safetensors::{Dtype, SafeTensors, TensorInfo};
+pub use safetensors::{ByteSource, Dtype, SafeTensors, TensorInfo};
 
 use std::cell::RefCell;
 use std::collections::HashSet;

@@ -1,10 +1,15 @@
 //! A validated `.safetensors` reader: the header is checked (offsets, sizes, dtypes) before any
 //! data is read, and tensors are then read one at a time as `f32`.
+//!
+//! The bytes come from a file, from memory, or from any [`ByteSource`] that reads byte ranges
+//! (the browser's case: the file stays in a JavaScript `Uint8Array` and only the tensor being
+//! converted is copied into wasm memory).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::{Error, Result};
@@ -57,9 +62,35 @@ pub struct TensorInfo {
     end: u64,
 }
 
+/// Bytes read by range without holding them all: the browser's file bytes, kept on the
+/// JavaScript side. Reading copies only the range asked for.
+pub trait ByteSource {
+    /// The total length in bytes.
+    fn len(&self) -> u64;
+    /// Whether there are no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies bytes `start..end` (within `0..len()`), or says why it cannot.
+    fn read_range(&self, start: u64, end: u64) -> std::result::Result<Vec<u8>, String>;
+}
+
+/// Bytes in memory are a [`ByteSource`] too ([`SafeTensors::from_bytes`] reads its header so).
+impl ByteSource for Arc<[u8]> {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+    fn read_range(&self, start: u64, end: u64) -> std::result::Result<Vec<u8>, String> {
+        self.get(start as usize..end as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("bytes {start}..{end} lie outside the {} bytes", self.len()))
+    }
+}
+
 enum Source {
     File(RefCell<std::fs::File>),
     Bytes(Arc<[u8]>),
+    Ranges(Rc<dyn ByteSource>),
 }
 
 /// A validated safetensors file whose tensors are read on demand.
@@ -89,22 +120,42 @@ impl SafeTensors {
         Self::from_header(name, Source::File(RefCell::new(file)), &header, len)
     }
 
-    /// Parses a safetensors file held in memory (the browser's case); `name` is used in errors.
+    /// Parses a safetensors file held in memory; `name` is used in errors.
     pub fn from_bytes(bytes: Arc<[u8]>, name: &str) -> Result<Self> {
-        let len = bytes.len() as u64;
-        if len < 8 {
-            return Err(Error::format(name, format!("not a safetensors file: only {len} bytes")));
-        }
-        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        check_header_len(name, header_len, len)?;
-        let header = bytes[8..8 + header_len as usize].to_vec();
-        Self::from_header(name.to_string(), Source::Bytes(bytes), &header, len)
+        let head = Self::read_head(&bytes, name)?;
+        let len = ByteSource::len(&bytes);
+        Self::from_header(name.to_string(), Source::Bytes(bytes), &head[8..], len)
     }
 
     fn from_header(name: String, source: Source, header: &[u8], file_len: u64) -> Result<Self> {
         let data_start = 8 + header.len() as u64;
         let (tensors, metadata) = parse_header(&name, header, file_len - data_start)?;
         Ok(Self { name, source, data_start, tensors, metadata })
+    }
+
+    /// Parses a safetensors file read by range from `source` (the browser's file bytes on the
+    /// JavaScript side): only the header is read now, each tensor's bytes when it is read.
+    pub fn from_source(source: Rc<dyn ByteSource>, name: &str) -> Result<Self> {
+        let head = Self::read_head(source.as_ref(), name)?;
+        let len = source.len();
+        Self::from_header(name.to_string(), Source::Ranges(source), &head[8..], len)
+    }
+
+    /// The first bytes of a safetensors file read from `source`: the 8-byte length and the
+    /// header (checked against the file's length), what [`SafeTensors::header_tensors`] takes.
+    pub fn read_head(source: &dyn ByteSource, name: &str) -> Result<Vec<u8>> {
+        let len = source.len();
+        if len < 8 {
+            return Err(Error::format(name, format!("not a safetensors file: only {len} bytes")));
+        }
+        let read = |start, end| {
+            source
+                .read_range(start, end)
+                .map_err(|e| Error::format(name, format!("cannot read: {e}")))
+        };
+        let header_len = u64::from_le_bytes(read(0, 8)?[..].try_into().expect("8 bytes"));
+        check_header_len(name, header_len, len)?;
+        read(0, 8 + header_len)
     }
 
     /// Validates the header of a safetensors file of `file_len` bytes from its first bytes
@@ -195,6 +246,12 @@ impl SafeTensors {
             Source::Bytes(bytes) => {
                 let start = (self.data_start + info.start) as usize;
                 Ok(bytes[start..start + len].to_vec())
+            }
+            Source::Ranges(source) => {
+                let start = self.data_start + info.start;
+                source
+                    .read_range(start, start + len as u64)
+                    .map_err(|e| Error::format(&self.name, format!("cannot read tensor data: {e}")))
             }
             Source::File(file) => {
                 let mut file = file.borrow_mut();

@@ -3,6 +3,9 @@
 // references. For each scenario (WebGPU through SwiftShader; the CPU fallback when the browser
 // offers no WebGPU) it:
 //   - serves www/ + pkg/ on 127.0.0.1 and records every request, failing on any other host;
+//   - on WebGPU, micro-batches open_clip as if the adapter's buffers held 100 kB (?batch_limit=),
+//     forces its warm-up (?warmup=always; skipped by default on SwiftShader, a software adapter),
+//     and checks "warming up…" and the batch sizes in the Model panel;
 //   - loads tests/fixtures/open_clip through the folder picker, sets the classes and templates,
 //     drops tests/data/tiles on the page, picks the report corpus, and checks the exported CSV's
 //     probabilities and the retrieved reports against the native CLI (1e-3);
@@ -40,6 +43,8 @@ const SLIDE = path.join(ROOT, 'tests/data/slides/cmu_small_region.svs');
 const HARDENING = (process.env.E2E_HARDENING || 'cpu').split(',');
 
 const BASE_FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+// The buffer limit the WebGPU scenario batches under (the page's ?batch_limit= test hook).
+const BATCH_LIMIT = 100000;
 const SCENARIOS = [
   { name: 'webgpu', flags: [...BASE_FLAGS, '--enable-unsafe-webgpu'], expect: 'webgpu' },
   // No --enable-unsafe-webgpu: the browser offers no usable adapter, so the page must fall back.
@@ -164,10 +169,18 @@ async function runScenario(sc, port) {
   const { page, origin, close } = await openBrowser(sc, port);
   const timings = {};
   try {
-    await page.goto(`${origin}/?demo=0`);
+    // On WebGPU, micro-batching is on (as if the adapter's buffers held 100 kB), so every
+    // comparison below also checks results computed in smaller batches.
+    // The warm-up is forced for open_clip: SwiftShader is a software adapter, where it is skipped.
+    await page.goto(`${origin}/?demo=0${sc.expect === 'webgpu' ? `&batch_limit=${BATCH_LIMIT}&warmup=always` : ''}`);
     await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120000 });
     const backend = await page.evaluate(() => window.clipitApp.backend);
     log(`  backend: ${JSON.stringify({ backend: backend.backend, reason: backend.reason, gpu: backend.gpu })}`);
+    // Every status the page shows while the model loads ("warming up…" on WebGPU).
+    await page.evaluate(() => {
+      window.__statuses = [];
+      new MutationObserver(() => window.__statuses.push(document.querySelector('#status').textContent)).observe(document.querySelector('#status'), { childList: true, characterData: true, subtree: true });
+    });
     check(backend.backend === sc.expect, `init chose ${backend.backend}`);
     if (sc.expect === 'cpu') check(Boolean(backend.reason), `the page says why it uses the CPU: ${backend.reason}`);
     if (sc.expect === 'cpu') check(/CPU/.test(await page.textContent('#backend-badge')), 'the badge shows the CPU');
@@ -183,6 +196,16 @@ async function runScenario(sc, port) {
     check(m1.architecture === 'open_clip CLIP' && m1.backend === sc.expect, `open_clip loaded: ${m1.architecture}, ${m1.parameters} parameters, on ${m1.backend} in ${m1.load_ms.toFixed(0)} ms`);
     check((await page.textContent('#model-info')).includes('open_clip CLIP'), 'the model panel shows the architecture');
     timings.open_clip_load_ms = m1.load_ms;
+    if (sc.expect === 'webgpu') {
+      timings.open_clip_warmup_ms = m1.warmup_ms;
+      const warming = await page.evaluate(() => window.__statuses.some((t) => t.includes('warming up')));
+      check(typeof m1.warmup_ms === 'number' && warming, `the model warms up while loading ("warming up…", ${Math.round(m1.warmup_ms)} ms)`);
+      await page.evaluate(() => (window.clipitApp.warmUp = 'auto'));
+      // open_clip fixture: 13 kB of activations per image, 49 kB per text (item_activation_bytes).
+      check(m1.image_batch === 7 && m1.text_batch === 2 && /micro-batches/.test(await page.textContent('#model-info')), `under a ${BATCH_LIMIT}-byte buffer limit the model runs ${m1.image_batch} images and ${m1.text_batch} texts per pass, and the Model panel says so`);
+    } else {
+      check(m1.warmup_ms === null && m1.image_batch === 16 && !m1.batch_note, 'on the CPU there is no warm-up and no micro-batching');
+    }
 
     const n = await dropFiles(page, '#tile-drop', TILES);
     await page.waitForFunction((n) => window.clipitApp.tiles.length === n, n, { timeout: 60000 });
@@ -220,14 +243,19 @@ async function runScenario(sc, port) {
     await page.screenshot({ path: path.join(OUT, `clipit-e2e-${sc.name}-detail.png`) });
     await page.click('#detail-close');
 
-    // CONCH, through the multiple-file picker, with the built-in templates.
+    // CONCH, through the multiple-file picker, with the built-in templates (and the adapter's
+    // own buffer limits again: SwiftShader holds the page's whole batches).
+    if (sc.expect === 'webgpu') await page.evaluate(() => window.clipitApp.call('setBatchLimit', { bytes: 0 }));
     await page.click('#reset-templates');
     const conchDir = path.join(ROOT, 'tests/fixtures/conch');
     await page.setInputFiles('#model-files', fs.readdirSync(conchDir).map((f) => path.join(conchDir, f)));
     await page.waitForFunction(() => window.clipitApp.model && window.clipitApp.model.architecture === 'CONCH', null, { timeout: STEP_TIMEOUT });
     await idle(page, 'load CONCH + classify + retrieve');
     const m2 = await page.evaluate(() => window.clipitApp.model);
+    check(m2.image_batch === 16 && m2.text_batch === 32, `without the test limit CONCH runs the page's batches (${m2.image_batch} images, ${m2.text_batch} texts)`);
+    if (sc.expect === 'webgpu') check(m2.warmup_ms === null && /software adapter/.test(m2.warmup_note), `on a software adapter the warm-up is skipped: ${m2.warmup_note}`);
     timings.conch_load_ms = m2.load_ms;
+    timings.conch_warmup_ms = m2.warmup_ms;
     timings.conch_classify_ms = await page.evaluate(() => window.clipitApp.timings.classify);
     const csv2 = await exportCsv(page);
     compareProbs(csv2, cliProbs(path.join(REF, 'conch.csv')), 'CONCH zero-shot');
@@ -238,6 +266,7 @@ async function runScenario(sc, port) {
     await page.waitForFunction(() => window.clipitApp.model && window.clipitApp.model.architecture === 'Hugging Face CLIPModel', null, { timeout: STEP_TIMEOUT });
     await idle(page, 'drop a Hugging Face CLIP + classify + retrieve');
     timings.hf_clip_classify_ms = await page.evaluate(() => window.clipitApp.timings.classify);
+    timings.hf_clip_warmup_ms = await page.evaluate(() => window.clipitApp.model.warmup_ms);
     compareProbs(await exportCsv(page), cliProbs(path.join(REF, 'hf_clip.csv')), 'HF CLIP (f16) zero-shot');
 
     // A vision-only timm backbone: it loads, and the page says it cannot classify zero-shot.

@@ -121,7 +121,7 @@ async function runScenario(sc, port) {
       return rec;
     }
     rec.loaded = true;
-    Object.assign(rec, { architecture: model.architecture, parameters: model.parameters, backend: model.backend, reason: model.reason || null, load_ms: model.load_ms });
+    Object.assign(rec, { architecture: model.architecture, parameters: model.parameters, backend: model.backend, reason: model.reason || null, load_ms: model.load_ms, warmup_ms: model.warmup_ms });
     check(model.backend === sc.expect, `loaded ${model.architecture}, ${model.parameters} parameters, on ${model.backend} in ${model.load_ms.toFixed(0)} ms (${rec.load_wall_ms} ms from the file input)${model.reason ? `: ${model.reason}` : ''}`);
     // Let the page's IndexedDB copy of the files (models.remember) settle before the next step.
     await page.waitForFunction(() => document.body.dataset.busy === '0' && window.clipitApp.busy === 0, null, { timeout: STEP_MS, polling: 250 });

@@ -10,7 +10,8 @@
 //     status, the good tiles classified, and classifying again works;
 //   - bad models (a truncated safetensors, a config of garbage): a clear error naming the file;
 //     a model too large for the tab (from its header) is refused with the figures; then the demo
-//     model loads again and classifies.
+//     model loads again and classifies;
+//   - a labels CSV (file,class) dropped with images in the Train panel, and one with a bad line.
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -151,7 +152,7 @@ async function checkBadModels(page) {
     const status = await settled(page);
     check(want.test(status.text) && !(await page.evaluate(() => window.clipitApp.model)), `${what}: ${status.text}`);
   }
-  // Too large for the tab: an 8 GB checkpoint (2 G f16 weights), judged from its header alone.
+  // Too large for the tab: a 4 GB checkpoint (one tensor of 2 G f16 weights), judged from its header alone.
   const header = Buffer.from(JSON.stringify({ w: { dtype: 'F16', shape: [2000000000], data_offsets: [0, 4000000000] } }));
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(header.length));
@@ -160,7 +161,7 @@ async function checkBadModels(page) {
     const buffer = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)).buffer;
     return window.clipitApp.call('checkModelMemory', { files: [{ name: 'huge.safetensors', size, head: buffer }] }).then(() => 'accepted', (e) => e.message);
   }, [head, 8 + header.length + 4000000000]);
-  check(/^this model needs about 12\.0 GB .*the page's CPU fallback can hold about 3\.8 GB/.test(refused), `a model too large for the tab is refused before it is read: ${refused}`);
+  check(/^this model needs about 20\.0 GB .*the page's CPU fallback can hold about 3\.8 GB/.test(refused), `a model too large for the tab is refused before it is read: ${refused}`);
   await page.click('#load-demo');
   await page.waitForFunction(() => window.clipitApp.model && window.clipitApp.model.name === 'Demo model', null, { timeout: STEP_TIMEOUT });
   await settled(page);
@@ -182,6 +183,23 @@ async function checkFinishedIsQuiet(page) {
 }
 
 /** The hardening checks on scenario `sc` (one backend), against the e2e server on `port`. */
+/** Train panel: images dropped with a `file,class` CSV; then a CSV with a bad line. */
+async function checkLabelsCsv(page) {
+  const tile = fs.readFileSync(TILE);
+  const images = ['a.png', 'b.png', 'c.png', 'extra.png'].map((name) => ({ name, bytes: tile }));
+  const csv = (text) => ({ name: 'labels.csv', bytes: Buffer.from(text) });
+  const status = async () => page.textContent('#status');
+  await dropItems(page, '#train-drop', [...images, csv('file,class\na.png,tumor\nb.png,stroma\n"c.png",tumor\ngone.png,stroma\n')]);
+  await page.waitForFunction(() => /labels\.csv/.test(document.querySelector('#status').textContent), null, { timeout: STEP_TIMEOUT });
+  const t = await page.evaluate(() => ({ n: window.clipitApp.train.items.length, classes: window.clipitApp.train.classes }));
+  const said = await status();
+  check(t.n === 3 && t.classes.join() === 'stroma,tumor' && /1 listed file\(s\) were not given: gone\.png/.test(said) && /1 image\(s\) are not in it.*extra\.png/.test(said), `a labels CSV gives the classes of the files beside it (${t.n} tiles, ${t.classes.join(', ')}): ${said}`);
+  await dropItems(page, '#train-drop', [...images, csv('file,class\na.png,tumor\nb.png\n')]);
+  await page.waitForFunction(() => document.querySelector('#status').dataset.kind === 'error', null, { timeout: STEP_TIMEOUT });
+  const bad = await status();
+  check(/labels\.csv: line 3: 1 fields, but the header has 2/.test(bad), `a bad labels CSV names its line: ${bad}`);
+}
+
 export async function runHardening(sc, port) {
   log(`\n== scenario ${sc.name}: hardening (training survives a reload, bad tiles, bad models)`);
   const { page, origin, close } = await openBrowser(sc, port, { width: 1280, height: 800 });
@@ -194,6 +212,7 @@ export async function runHardening(sc, port) {
     await page.locator('#tiles').screenshot({ path: path.join(OUT, `clipit-e2e-${sc.name}-bad-tiles.png`) });
     await checkBadModels(page);
     await checkFinishedIsQuiet(page);
+    await checkLabelsCsv(page);
   } finally {
     await close();
   }
