@@ -5,6 +5,8 @@
 //! ids equal open_clip's `tokenize` and Hugging Face's `padding="max_length", truncation=True`:
 //! `[start] + text[:context - 2] + [end]`, then padding up to the context length.
 
+use std::sync::OnceLock;
+
 use tokenizers::Tokenizer;
 
 use crate::{Error, Result};
@@ -30,8 +32,13 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// The embedded CLIP tokenizer; `pad_id` is 0 for open_clip and the end id for HF.
+    ///
+    /// The embedded JSON is parsed once per process; later calls clone the parsed tokenizer.
     pub fn clip(context_length: usize, pad_with_end: bool) -> Result<Self> {
-        let inner = Tokenizer::from_bytes(CLIP_TOKENIZER_JSON)
+        static PARSED: OnceLock<std::result::Result<Tokenizer, String>> = OnceLock::new();
+        let inner = PARSED
+            .get_or_init(|| Tokenizer::from_bytes(CLIP_TOKENIZER_JSON).map_err(|e| e.to_string()))
+            .clone()
             .map_err(|e| Error::format("assets/clip_tokenizer.json", e))?;
         let mut t = Self::with_specials(
             inner,

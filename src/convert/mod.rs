@@ -12,7 +12,7 @@
 //! used, so a corrupt or hostile file gives an error, never a panic or a huge allocation.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Cursor, Read, Seek, Write};
 use std::path::Path;
 
 use safetensors::tensor::TensorInfo;
@@ -64,7 +64,25 @@ pub fn convert_pickle_to_safetensors(input: &Path, output: &Path) -> Result<Conv
 ///
 /// Same rules as [`convert_pickle_to_safetensors`]; skipped entries are dropped silently.
 pub fn read_pickle_state_dict(path: &Path) -> Result<Vec<(String, RawTensor)>> {
-    let (mut ckpt, dict) = Checkpoint::open(path)?;
+    let (ckpt, dict) = Checkpoint::open(path)?;
+    read_all(ckpt, dict)
+}
+
+/// Like [`read_pickle_state_dict`] for a checkpoint held in memory (the page's case, and the
+/// fuzzer's); `name` names it in errors.
+pub fn read_pickle_state_dict_from_bytes(
+    bytes: &[u8],
+    name: &str,
+) -> Result<Vec<(String, RawTensor)>> {
+    let (ckpt, dict) = Checkpoint::from_reader(Cursor::new(bytes), name, bytes.len() as u64)?;
+    read_all(ckpt, dict)
+}
+
+/// Reads every tensor of `dict` from `ckpt`, in the pickle's order.
+fn read_all<R: Read + Seek>(
+    mut ckpt: Checkpoint<R>,
+    dict: StateDict,
+) -> Result<Vec<(String, RawTensor)>> {
     let mut out: Vec<Option<(String, RawTensor)>> = vec![None; dict.tensors.len()];
     ckpt.for_each_tensor(&dict.tensors, |i, name, t, data| {
         let shape = t.shape.clone();
@@ -76,7 +94,7 @@ pub fn read_pickle_state_dict(path: &Path) -> Result<Vec<(String, RawTensor)>> {
 
 /// Writes the safetensors header and data; returns the number of data bytes.
 fn write_safetensors(
-    ckpt: &mut Checkpoint,
+    ckpt: &mut Checkpoint<BufReader<File>>,
     tensors: &[(String, TensorRef)],
     out: &mut AtomicWriter,
 ) -> Result<u64> {
@@ -136,25 +154,32 @@ struct StateDict {
     skipped: Vec<String>,
 }
 
-/// An open `torch.save` zip archive.
-struct Checkpoint {
+/// An open `torch.save` zip archive, read from a file or from memory.
+struct Checkpoint<R> {
     path: String,
-    archive: ZipArchive<BufReader<File>>,
+    archive: ZipArchive<R>,
     /// `<prefix>/` of `<prefix>/data.pkl`.
     prefix: String,
     big_endian: bool,
     file_len: u64,
 }
 
-impl Checkpoint {
+impl Checkpoint<BufReader<File>> {
     /// Opens `path`, parses `data.pkl` and picks the state dict.
-    fn open(path: &Path) -> Result<(Checkpoint, StateDict)> {
-        let shown = path.display().to_string();
-        let fail = |msg: String| Error::format(&shown, msg);
-        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    fn open(path: &Path) -> Result<(Self, StateDict)> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Self::from_reader(BufReader::new(file), &path.display().to_string(), file_len)
+    }
+}
+
+impl<R: Read + Seek> Checkpoint<R> {
+    /// Reads the archive in `reader` (`file_len` bytes; `shown` names it in errors), parses
+    /// `data.pkl` and picks the state dict.
+    fn from_reader(mut reader: R, shown: &str, file_len: u64) -> Result<(Self, StateDict)> {
+        let fail = |msg: String| Error::format(shown, msg);
         let mut head = Vec::new();
-        (&mut file).take(9).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+        (&mut reader).take(9).read_to_end(&mut head).map_err(|e| Error::io(shown, e))?;
         match head.as_slice() {
             [] => return Err(fail("empty file, not a PyTorch checkpoint".into())),
             [.., b'{'] if head.len() == 9 => return Err(fail("already a safetensors file".into())),
@@ -167,7 +192,7 @@ impl Checkpoint {
             }
             _ => {}
         }
-        let archive = ZipArchive::new(BufReader::new(file)).map_err(|e| {
+        let archive = ZipArchive::new(reader).map_err(|e| {
             fail(format!("not a readable zip archive (truncated or corrupt?): {e}"))
         })?;
         let pkl = archive
@@ -179,7 +204,8 @@ impl Checkpoint {
                 fail("zip archive has no data.pkl: not a torch.save checkpoint".into())
             })?;
         let prefix = pkl.trim_end_matches("data.pkl").to_string();
-        let mut ckpt = Checkpoint { path: shown, archive, prefix, big_endian: false, file_len };
+        let path = shown.to_string();
+        let mut ckpt = Checkpoint { path, archive, prefix, big_endian: false, file_len };
 
         let byteorder = format!("{}byteorder", ckpt.prefix);
         if ckpt.archive.index_for_name(&byteorder).is_some() {

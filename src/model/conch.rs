@@ -147,6 +147,14 @@ pub fn load(
     // CONCH's code never passes `attn_pooler_heads` to its pooler, so the default of 8 heads is
     // what the released model runs, whatever the config says.
     const POOLER_HEADS: usize = 8;
+    if e == 0 || !e.is_multiple_of(POOLER_HEADS) {
+        return Err(Error::format(
+            &file,
+            format!(
+                "embed_dim {e} must be a positive multiple of the pooler's {POOLER_HEADS} heads"
+            ),
+        ));
+    }
     vision.attn_pool = Some(AttentionalPooler::load(
         &l,
         "visual.attn_pool_contrast",
@@ -167,6 +175,7 @@ pub fn load(
         layer_scale: t.ls_init_value.is_some(),
         naming: Naming::OpenClip,
     };
+    tspec.check(&file, "text")?;
     let text = TextTransformer {
         token_embedding: l.embedding("text.token_embedding", t.vocab_size, t.width)?,
         pos_embed: l.param(

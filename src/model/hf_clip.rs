@@ -188,8 +188,7 @@ pub fn load(
     let l = Loader::new(source, device);
     let (v, t, e) = (&cfg.vision, &cfg.text, cfg.projection_dim);
 
-    let geometry =
-        Geometry { patch: v.patch_size, image_size: v.image_size, pos_covers_prefix: true };
+    let geometry = Geometry::new(v.patch_size, v.image_size, true, &cfg_file)?;
     let grid = geometry.grid();
     let pos_name = "vision_model.embeddings.position_embedding.weight";
     let n_pos = l.shape_of(pos_name).map(|s| s[0]).unwrap_or(grid * grid + 1);
@@ -203,6 +202,7 @@ pub fn load(
         layer_scale: false,
         naming: Naming::HfClip,
     };
+    vspec.check(&cfg_file, "vision")?;
     let vision = VisionTransformer {
         patch_embed: VisionTransformer::load_patch_embed(
             &l,
@@ -244,6 +244,7 @@ pub fn load(
         layer_scale: false,
         naming: Naming::HfClip,
     };
+    tspec.check(&cfg_file, "text")?;
     let pooling = if t.eos_token_id == 2 {
         TextPooling::Argmax
     } else {

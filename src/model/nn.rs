@@ -9,7 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Bool, Tensor};
 
 use crate::weights::{Loader, ParamKind};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Layer normalisation over the last dimension, with PyTorch's epsilon.
 #[derive(Module, Debug)]
@@ -227,6 +227,25 @@ pub struct BlockSpec {
     pub layer_scale: bool,
     /// Tensor naming scheme.
     pub naming: Naming,
+}
+
+impl BlockSpec {
+    /// Checks the numbers a config gave for the `tower` ("vision", "text") before anything is
+    /// built: a positive width split evenly into a positive number of heads. `file` names the
+    /// config in errors.
+    pub fn check(&self, file: &str, tower: &str) -> Result<()> {
+        if self.dim == 0 || self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
+            return Err(Error::format(
+                file,
+                format!(
+                    "{tower} tower: width {} cannot be split into {} attention heads (the width \
+                     must be a positive multiple of the number of heads)",
+                    self.dim, self.heads
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Loads `depth` blocks named `{prefix}.{i}`.

@@ -181,7 +181,7 @@ pub fn load(
     let l = Loader::new(source, device);
     let act = if cfg.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
 
-    let geometry = Geometry { patch: v.patch_size, image_size, pos_covers_prefix: true };
+    let geometry = Geometry::new(v.patch_size, image_size, true, &file)?;
     let n_pos = l
         .shape_of("visual.positional_embedding")
         .map(|s| s[0])
@@ -189,13 +189,14 @@ pub fn load(
     VisionTransformer::check_pos_embed(&l, "visual.positional_embedding", n_pos, &geometry, 1)?;
     let vspec = BlockSpec {
         dim: v.width,
-        heads: v.width / v.head_width,
+        heads: v.width.checked_div(v.head_width).unwrap_or(0),
         mlp_dim: (v.width as f64 * v.mlp_ratio) as usize,
         act,
         eps: 1e-5,
         layer_scale: v.ls_init_value.is_some(),
         naming: Naming::OpenClip,
     };
+    vspec.check(&file, "vision")?;
     let vision = VisionTransformer {
         patch_embed: VisionTransformer::load_patch_embed(
             &l,
@@ -229,6 +230,7 @@ pub fn load(
         layer_scale: t.ls_init_value.is_some(),
         naming: Naming::OpenClip,
     };
+    tspec.check(&file, "text")?;
     let proj = if l.contains("text_projection.weight") {
         l.linear_maybe_bias("text_projection", t.width, e)?
     } else {

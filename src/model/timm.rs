@@ -106,8 +106,7 @@ pub fn load_trunk(l: &Loader, prefix: &str, a: &VitArgs, file: &str) -> Result<V
     }
     let d = a.embed_dim;
     let image_size = square(&a.img_size, "img_size", file)?;
-    let geometry =
-        Geometry { patch: a.patch_size, image_size, pos_covers_prefix: !a.no_embed_class };
+    let geometry = Geometry::new(a.patch_size, image_size, !a.no_embed_class, file)?;
     let prefix_tokens = usize::from(a.class_token) + a.reg_tokens;
     let pos_name = format!("{prefix}pos_embed");
     let n_pos = l.shape_of(&pos_name).map(|s| s[1]).unwrap_or(
@@ -123,6 +122,7 @@ pub fn load_trunk(l: &Loader, prefix: &str, a: &VitArgs, file: &str) -> Result<V
         layer_scale: a.init_values.is_some(),
         naming: Naming::Timm,
     };
+    spec.check(file, "vision")?;
     let cls_token = if a.class_token {
         Some(l.param_reshaped(
             &format!("{prefix}cls_token"),

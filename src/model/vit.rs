@@ -24,7 +24,32 @@ pub struct Geometry {
     pub pos_covers_prefix: bool,
 }
 
+/// Largest input side a config may ask for: far beyond any ViT checkpoint, and small enough that
+/// the patch count cannot overflow.
+pub const MAX_IMAGE_SIZE: usize = 1 << 14;
+
 impl Geometry {
+    /// A geometry from a config's values; `file` names the config in errors. Refuses a zero
+    /// patch, an input smaller than one patch and inputs above [`MAX_IMAGE_SIZE`].
+    pub fn new(
+        patch: usize,
+        image_size: usize,
+        pos_covers_prefix: bool,
+        file: &str,
+    ) -> Result<Self> {
+        if patch == 0 || image_size < patch || image_size > MAX_IMAGE_SIZE {
+            return Err(Error::format(
+                file,
+                format!(
+                    "image size {image_size} with patch size {patch} is not a valid ViT geometry: \
+                     the patch must be positive and at most the image size, the image size at \
+                     most {MAX_IMAGE_SIZE}"
+                ),
+            ));
+        }
+        Ok(Self { patch, image_size, pos_covers_prefix })
+    }
+
     /// Patches per side.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch

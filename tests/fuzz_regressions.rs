@@ -1,0 +1,124 @@
+//! Regressions from the cargo-fuzz targets (`fuzz/`, issue 6): inputs that once panicked and must
+//! now give a clear error naming the file and what is wrong.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use clipit::backend::Backend;
+use clipit::model::{Model, ModelFiles};
+use serde_json::Value;
+
+/// A fixture checkpoint folder in memory, with `file`'s JSON changed by `edit`.
+fn folder(dir: &str, file: &str, edit: impl FnOnce(&mut Value)) -> ModelFiles {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("expected") {
+            files.insert(name, Arc::<[u8]>::from(std::fs::read(&path).unwrap()));
+        }
+    }
+    let mut json: Value = serde_json::from_slice(&files[file]).unwrap();
+    edit(&mut json);
+    files.insert(file.to_string(), Arc::from(serde_json::to_vec(&json).unwrap()));
+    ModelFiles::Memory { name: dir.to_string(), files }
+}
+
+/// Loads `files` (and, if it loads, runs one image and one text) and returns the error.
+fn error_of(files: &ModelFiles) -> String {
+    let device = Backend::Cpu.device().unwrap();
+    let err = match Model::load_files(files, &device) {
+        Ok(model) => {
+            let size = model.vision.geometry.image_size;
+            let pixels =
+                clipit::preprocess::to_batch_tensor(&[vec![0.0; 3 * size * size]], size, &device);
+            model.encode_images(pixels).expect("a model that loads must run");
+            panic!("{}: loaded, expected an error", files.name());
+        }
+        Err(e) => e.to_string(),
+    };
+    eprintln!("{err}");
+    err
+}
+
+fn assert_error(files: &ModelFiles, needles: &[&str]) {
+    let err = error_of(files);
+    for n in needles {
+        assert!(err.contains(n), "error lacks '{n}': {err}");
+    }
+}
+
+/// A config's `text_config` or `vision_config` entry.
+fn set(json: &mut Value, tower: &str, key: &str, v: Value) {
+    json[tower][key] = v;
+}
+
+#[test]
+fn heads_that_do_not_divide_the_width_are_refused() {
+    // fuzz: config, HF CLIP with 8 text heads over a width of 12 panicked in a reshape at the
+    // first text; now refused at load.
+    let files = folder("hf_clip_gelu", "config.json", |j| {
+        set(j, "text_config", "num_attention_heads", 8.into())
+    });
+    assert_error(&files, &["config.json", "text tower: width 12 cannot be split into 8"]);
+    let files = folder("hf_clip_gelu", "config.json", |j| {
+        set(j, "vision_config", "num_attention_heads", 0.into())
+    });
+    assert_error(&files, &["config.json", "vision tower: width 24 cannot be split into 0"]);
+}
+
+#[test]
+fn zero_head_width_is_refused() {
+    // open_clip derives heads as width / head_width: a zero divisor panicked.
+    let files = folder("open_clip", "open_clip_config.json", |j| {
+        j["model_cfg"]["vision_cfg"]["head_width"] = 0.into()
+    });
+    assert_error(&files, &["open_clip_config.json", "vision tower: width 32 cannot be split"]);
+}
+
+#[test]
+fn bad_patch_or_image_sizes_are_refused() {
+    // A zero patch divided by zero; a huge image size overflowed the patch count.
+    let files =
+        folder("hf_clip_gelu", "config.json", |j| set(j, "vision_config", "patch_size", 0.into()));
+    assert_error(&files, &["config.json", "image size 48 with patch size 0"]);
+    let files = folder("hf_clip_gelu", "config.json", |j| {
+        set(j, "vision_config", "image_size", u64::MAX.into())
+    });
+    assert_error(&files, &["config.json", "is not a valid ViT geometry"]);
+    let files = folder("timm_vit_small", "config.json", |j| {
+        j["model_args"]["img_size"] = (1u64 << 40).into()
+    });
+    assert_error(&files, &["config.json", "is not a valid ViT geometry"]);
+}
+
+#[test]
+fn untouched_fixtures_still_load() {
+    let device = Backend::Cpu.device().unwrap();
+    for (dir, file) in [
+        ("hf_clip_gelu", "config.json"),
+        ("open_clip", "open_clip_config.json"),
+        ("conch", "conch_config.json"),
+        ("timm_dinov2_reg4", "config.json"),
+    ] {
+        let files = folder(dir, file, |_| {});
+        Model::load_files(&files, &device).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    }
+}
+
+#[test]
+fn pickle_reader_takes_bytes() {
+    // The fuzz target reads `.bin` checkpoints from memory; the path reader is a thin wrapper.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pickle/tiny.bin");
+    let bytes = std::fs::read(&path).unwrap();
+    let from_path = clipit::convert::read_pickle_state_dict(&path).unwrap();
+    let from_bytes =
+        clipit::convert::read_pickle_state_dict_from_bytes(&bytes, "tiny.bin").unwrap();
+    assert_eq!(from_path, from_bytes);
+    let err = clipit::convert::read_pickle_state_dict_from_bytes(&bytes[..100], "cut.bin")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("cut.bin: "), "{err}");
+}
