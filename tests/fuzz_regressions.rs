@@ -92,6 +92,11 @@ fn bad_patch_or_image_sizes_are_refused() {
         j["model_args"]["img_size"] = (1u64 << 40).into()
     });
     assert_error(&files, &["config.json", "is not a valid ViT geometry"]);
+    // The prefix-token count (class token + registers) overflowed.
+    let files = folder("timm_dinov2_reg4", "config.json", |j| {
+        j["model_args"]["reg_tokens"] = u64::MAX.into()
+    });
+    assert_error(&files, &["config.json", "reg_tokens 18446744073709551615 is above"]);
 }
 
 #[test]

@@ -95,6 +95,9 @@ pub fn arch_defaults(arch: &str) -> Option<Value> {
     Some(args)
 }
 
+/// Most register tokens a config may ask for (DINOv2 uses 4).
+const MAX_REG_TOKENS: usize = 1 << 10;
+
 /// Builds a timm ViT trunk whose tensors are named `{prefix}patch_embed.proj`, `{prefix}blocks.N`,
 /// `{prefix}norm`, ... (`prefix` is empty or ends with a dot). It has no projection.
 pub fn load_trunk(l: &Loader, prefix: &str, a: &VitArgs, file: &str) -> Result<VisionTransformer> {
@@ -107,6 +110,13 @@ pub fn load_trunk(l: &Loader, prefix: &str, a: &VitArgs, file: &str) -> Result<V
     let d = a.embed_dim;
     let image_size = square(&a.img_size, "img_size", file)?;
     let geometry = Geometry::new(a.patch_size, image_size, !a.no_embed_class, file)?;
+    // Real models have at most a handful of register tokens; a huge count would overflow below.
+    if a.reg_tokens > MAX_REG_TOKENS {
+        return Err(Error::format(
+            file,
+            format!("reg_tokens {} is above the supported {MAX_REG_TOKENS}", a.reg_tokens),
+        ));
+    }
     let prefix_tokens = usize::from(a.class_token) + a.reg_tokens;
     let pos_name = format!("{prefix}pos_embed");
     let n_pos = l.shape_of(&pos_name).map(|s| s[1]).unwrap_or(
