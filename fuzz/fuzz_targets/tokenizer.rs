@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use clipit::tokenizer::TextTokenizer;
 use libfuzzer_sys::fuzz_target;
 
-const CONCH_JSON: &[u8] = include_bytes!("../../tests/fixtures/tokenizer/conch.json");
+const CONCH_JSON: &[u8] = include_bytes!("../../tests/fixtures/conch/tokenizer.json");
 
 fn clip() -> &'static TextTokenizer {
     static T: OnceLock<TextTokenizer> = OnceLock::new();
@@ -21,9 +21,14 @@ fn conch() -> &'static TextTokenizer {
     static T: OnceLock<TextTokenizer> = OnceLock::new();
     T.get_or_init(|| {
         let specials = ["<start_of_text>", "<end_of_text>"];
-        let mut t =
-            TextTokenizer::from_json(CONCH_JSON, "conch.json", specials, Some("<pad>"), 128)
-                .expect("CONCH tokenizer fixture");
+        let mut t = TextTokenizer::from_json(
+            CONCH_JSON,
+            "conch/tokenizer.json",
+            specials,
+            Some("<pad>"),
+            128,
+        )
+        .expect("CONCH tokenizer fixture");
         t.reserved = 1;
         t
     })
