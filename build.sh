@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # clipit's one entry point for building, running and testing.
 #
-#   ./build.sh          set up, build the CLI and run the main job on the built-in demo bundle
+#   ./build.sh serve    the README's first command: set up, build the browser module and serve the
+#                       page (www/ + pkg/ + the demo bundle) on http://127.0.0.1:8080; extra
+#                       arguments go to www/serve.py (e.g. --allow-origin https://host to let the
+#                       page load a model from that URL)
+#   ./build.sh          set up, build the CLI and run the same job on the command line (demo bundle)
 #   ./build.sh test     set up and run every test (what CI runs): cargo test, then the page end to
 #                       end in headless Chromium (tests/e2e/run.sh; CLIPIT_SKIP_E2E=1 skips it)
 #                       and the wasm unit tests in headless Chromium (tests/wasm/run.sh)
 #   ./build.sh cli      build the native CLI only
 #   ./build.sh web      build the browser module (wasm32 + wasm-bindgen) into pkg/
-#   ./build.sh serve    build it and serve the page (www/ + pkg/) on http://127.0.0.1:8080; extra
-#                       arguments go to www/serve.py (e.g. --allow-origin https://host to let the
-#                       page load a model from that URL)
 #
 # Builds share one cargo target folder outside the clone ($CARGO_TARGET_DIR, by default
 # ~/.cache/clipit/target), so a second clone or CI reuses the compiled dependencies.
