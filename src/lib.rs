@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod lora;
 pub mod metrics;
 pub mod model;
+pub mod precision;
 pub mod preprocess;
 pub mod retrieval;
 pub mod slide;
