@@ -208,8 +208,15 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         run_training(&cfg, &run, TrainInputs { on_step: &mut on_step, resume: a.resume })?;
     bar.finish_and_clear();
     eprintln!(
-        "trained {} steps ({:.1} images/s); best step {:?}; validation balanced accuracy {:.4}",
-        summary.steps, summary.images_per_sec, summary.best_step, summary.report.balanced_accuracy
+        "trained {} steps: {:.1} images/s with data loading, {:.1} images/s for the model alone \
+         ({:.1} images/s with validation and checkpoints); best step {:?}; validation balanced \
+         accuracy {:.4}",
+        summary.steps,
+        summary.train_images_per_sec,
+        summary.model_images_per_sec,
+        summary.images_per_sec,
+        summary.best_step,
+        summary.report.balanced_accuracy
     );
     eprintln!("run folder: {}", run.root.display());
     println!("{}", summary.report.to_json());

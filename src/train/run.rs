@@ -3,6 +3,7 @@
 //! validation and checkpoints, and the final report.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -112,8 +113,13 @@ pub struct RunSummary {
     pub steps: usize,
     /// Step of the best checkpoint.
     pub best_step: Option<usize>,
-    /// Images per second during training (loading included).
+    /// Images per second over the whole training loop (loading, steps, validation, checkpoints).
     pub images_per_sec: f64,
+    /// Images per second of the training steps with their data loading (waiting for the
+    /// streaming loader included; validation and checkpoints excluded).
+    pub train_images_per_sec: f64,
+    /// Images per second of the model alone: forward, backward and optimizer step.
+    pub model_images_per_sec: f64,
 }
 
 /// Validation entry written to `metrics.jsonl`.
@@ -518,16 +524,23 @@ pub fn train_on(
     let per_epoch = source.batches_per_epoch();
     let total = opts.max_steps.unwrap_or(usize::MAX).min(per_epoch * opts.epochs);
     let val_every = if opts.val_every == 0 { per_epoch } else { opts.val_every };
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut images = 0usize;
+    // Seconds spent waiting for the loader and inside the steps (the loss read syncs the device).
+    let (mut loading, mut stepping) = (0.0f64, 0.0f64);
     'epochs: for epoch in state.epochs_done..opts.epochs {
         // On resume, skip the batches of this epoch that the checkpoint already covers.
         let skip = trainer.step.saturating_sub(epoch * per_epoch);
-        for batch in source.epoch(epoch, device).skip(skip) {
+        let mut batches = source.epoch(epoch, device).skip(skip);
+        loop {
+            let waited = Instant::now();
+            let Some(batch) = batches.next() else { break };
+            loading += waited.elapsed().as_secs_f64();
             if trainer.step >= total {
                 break 'epochs;
             }
             let Some((batch, n)) = batch else { continue };
+            let stepped = Instant::now();
             let log = match &batch {
                 StepInput::Images(b) => {
                     trainer.step(epoch, |m| batch_loss(cfg.method, m, b, opts))?
@@ -536,6 +549,7 @@ pub fn train_on(
                     trainer.step(epoch, |m| probe_loss(m, x.clone(), labels.clone(), opts))?
                 }
             };
+            stepping += stepped.elapsed().as_secs_f64();
             images += n;
             run.log(&log)?;
             (inputs.on_step)(&log, total);
@@ -575,5 +589,7 @@ pub fn train_on(
         steps: trainer.step,
         best_step: state.best_step,
         images_per_sec: images as f64 / elapsed.max(1e-9),
+        train_images_per_sec: images as f64 / (loading + stepping).max(1e-9),
+        model_images_per_sec: images as f64 / stepping.max(1e-9),
     })
 }
