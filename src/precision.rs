@@ -61,6 +61,13 @@ pub fn device_lost_message(reason: &str, message: &str) -> String {
     format!("WebGPU device lost (reason {reason}{detail}): switched to the CPU backend")
 }
 
+/// Whether a failed GPU operation's error text says that the device is gone (lost, or poisoned
+/// by burn after the loss).
+pub fn error_says_device_lost(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("device lost") || t.contains("device was lost") || t.contains("poisoned")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +114,14 @@ mod tests {
             device_lost_message("Unknown", ""),
             "WebGPU device lost (reason Unknown): switched to the CPU backend"
         );
+    }
+
+    #[test]
+    fn lost_device_errors_are_recognised() {
+        assert!(error_says_device_lost(
+            "reading a tensor from the device: Device poisoned: Destroyed"
+        ));
+        assert!(error_says_device_lost("the wgpu device was lost (Unknown): driver reset"));
+        assert!(!error_says_device_lost("tensor data is not convertible to f32"));
     }
 }

@@ -9,6 +9,7 @@ import { entriesOf, headOf, someNames, topLevel } from './files.js';
 import { exportCsv } from './export.js';
 import { initModels } from './models.js';
 import { initHow } from './how.js';
+import { initDeviceLost } from './device.js';
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
@@ -56,6 +57,7 @@ function startWorker() {
   worker = new Worker('worker.js', { type: 'module' });
   worker.onmessage = (event) => {
     const msg = event.data;
+    if (msg.event === 'device-lost') return deviceLost(msg.reason);
     const req = pending.get(msg.id);
     if (!req) return;
     if (msg.progress) {
@@ -149,7 +151,8 @@ const fmtMs = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.roun
 async function initBackend() {
   const prefer = $('#backend').value;
   try {
-    app.backend = await call('init', { prefer });
+    const q = new URLSearchParams(location.search); // ?dtype=f32|f16 (WebGPU weights), ?debug=1 (test hooks)
+    app.backend = await call('init', { prefer, dtype: q.get('dtype'), debug: q.get('debug') === '1' });
   } catch (err) {
     if (prefer === 'webgpu') {
       // WebGPU was asked for and is unusable: say so, and go back to the automatic choice.
@@ -232,6 +235,7 @@ function renderModel() {
     ['Input', `${m.image_size} × ${m.image_size} px, patch ${m.patch_size}`],
     ['Text encoder', m.has_text ? `yes (context ${m.context_length})` : 'no: image features only'],
     ['Backend', m.backend === 'webgpu' ? 'WebGPU' : 'CPU (WebAssembly)'],
+    ['Weights', `${m.dtype}${app.backend && app.backend.dtype_note ? ` (${app.backend.dtype_note})` : ''}`],
     ...(m.backend === 'webgpu' && app.backend && app.backend.gpu
       ? [['Adapter', `${[app.backend.gpu.vendor, app.backend.gpu.architecture].filter(Boolean).join(' ') || 'unnamed'}${app.backend.gpu.isFallbackAdapter ? ' (software fallback)' : ''}`]]
       : []),
@@ -531,9 +535,7 @@ function wire() {
   dropzone($('#tile-drop'), ({ files }) => addTiles(files));
   $('#clear-tiles').addEventListener('click', clearTiles);
   $('#classify').addEventListener('click', () => classify().catch(() => {}));
-  $('#reset-templates').addEventListener('click', () => {
-    if (app.backend) $('#templates').value = app.backend.templates.join('\n');
-  });
+  $('#reset-templates').addEventListener('click', () => app.backend && ($('#templates').value = app.backend.templates.join('\n')));
   $('#corpus-file').addEventListener('change', async (e) => {
     const file = e.target.files[0];
     e.target.value = '';
@@ -553,9 +555,7 @@ function wire() {
     if (e.key === 'ArrowLeft') stepDetail(-1);
     if (e.key === 'ArrowRight') stepDetail(1);
   });
-  $('#detail').addEventListener('click', (e) => {
-    if (e.target === $('#detail')) $('#detail').close();
-  });
+  $('#detail').addEventListener('click', (e) => e.target === $('#detail') && $('#detail').close());
   // Dropping a file outside a drop zone must not navigate away from the page.
   for (const type of ['dragover', 'drop']) window.addEventListener(type, (e) => e.preventDefault());
 }
@@ -574,6 +574,7 @@ async function main() {
         ? `Ready: WebGPU is available${software ? ' through a software adapter, which can be slower than the CPU for large models (switch “Compute on” to CPU if so)' : ''}. Load a model to begin.`
         : `Ready on the CPU (${b.reason}). Load a model to begin.`,
     );
+    if (b.dtype_note) setStatus(b.dtype_note, 'error');
   }
   // Test hook: micro-batch as if the WebGPU adapter's buffers held at most this many bytes.
   const batchLimit = Number(new URLSearchParams(location.search).get('batch_limit'));
@@ -589,10 +590,11 @@ async function main() {
 }
 
 // What train.js and demo.js use.
-const ctx = { app, $, el, call, busy, setStatus, fmtMs, loadModel, addTiles, setCorpus, classify, renderGrid, updateButtons, entriesOf };
+const ctx = { app, $, el, call, busy, setStatus, fmtMs, loadModel, addTiles, setCorpus, classify, renderGrid, renderBackend, updateButtons, entriesOf };
 const train = initTrain(ctx);
 const models = initModels(ctx);
 initMap(ctx);
 initHow(ctx);
+const deviceLost = initDeviceLost(ctx);
 
 main();

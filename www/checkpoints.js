@@ -27,7 +27,8 @@ export function initCheckpoints(ctx, { importBytes }) {
   const C = { saved: null, offered: null, checked: null, taken: null, error: null };
   app.checkpoint = C;
 
-  /** Keeps the running session's adapter as this model's checkpoint (`T`: app.train). */
+  /** Keeps the running session's adapter as this model's checkpoint (`T`: app.train); resolves
+   * to its bytes (undefined when it could not be made). */
   async function save(T, finished) {
     const m = app.model;
     if (!m || !T.prep) return;
@@ -46,6 +47,7 @@ export function initCheckpoints(ctx, { importBytes }) {
       await withStore('readwrite', (s) => s.put(record));
       C.saved = { step: record.step, total: record.total, finished, saved: record.saved, size: bytes.length };
       C.error = null;
+      return bytes;
     } catch (err) {
       // Training goes on without it; say so once.
       if (!C.error) setStatus(`The training goes on, but its checkpoint could not be kept in this browser (${err.message}).`, 'error');

@@ -246,10 +246,11 @@ export function initTrain(ctx) {
     T.state = 'stopping';
     buttons();
     try {
-      await ckpt.save(T, true); // kept, but not offered after a reload
+      const bytes = await ckpt.save(T, true); // kept, but not offered after a reload
       const r = await call('trainStop');
       T.report = r.report;
-      app.trained = { classes: r.classes, source: 'trained here', steps: r.steps_done };
+      // The adapter's bytes are kept to put it back if the WebGPU device is lost (device.js).
+      app.trained = { classes: r.classes, source: 'trained here', steps: r.steps_done, name: 'clipit-adapter.safetensors', bytes: bytes && bytes.slice().buffer };
       renderConfusion(r.classes, r.report);
       T.state = 'done';
       setStatus(`Training done after ${r.steps_done} steps: validation balanced accuracy ${r.report.balanced_accuracy.toFixed(3)}. The tiles are now classified by the trained model.`);
@@ -292,8 +293,9 @@ export function initTrain(ctx) {
 
   /** Makes an adapter file the classifier; `source` says where it came from. */
   async function importBytes(name, buffer, source) {
+    const bytes = buffer.slice(0); // kept, as for a trained adapter
     const info = await call('importAdapter', { name, buffer }, { transfer: [buffer] });
-    app.trained = { classes: info.classes, source };
+    app.trained = { classes: info.classes, source, name, bytes };
     adapterInfo();
     setStatus(`Imported ${name}: ${info.classes.length} classes, LoRA r ${info.lora_r}, α ${info.lora_alpha}, trained on ${info.architecture}.`);
     ctx.updateButtons();
@@ -365,6 +367,7 @@ export function initTrain(ctx) {
 
   const api = {
     setLabelled,
+    importBytes,
     resend: () => (T.items.length ? resend() : Promise.resolve()),
     // A new model (or corpus) ends any session: the worker dropped it with the old model.
     onModelChanged() {

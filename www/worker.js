@@ -8,12 +8,14 @@ const tiles = new Map(); // tile id -> {name, bytes: Uint8Array}
 let corpus = null; // {name, bytes: Uint8Array}
 let labelled = null; // training tiles: {classes, names, labels: Uint32Array, bytes: Uint8Array[]}
 let crashed = null; // set after a Rust panic: the module cannot be trusted any more
-
-const ready = wasmInit();
+let debug = false; // test hooks (the page's ?debug=1)
 
 function post(msg, transfer) {
   self.postMessage(msg, transfer || []);
 }
+
+// When the WebGPU device is lost the engine switches to the CPU and tells the page once.
+const ready = wasmInit().then(() => clipit.on_device_lost((reason) => post({ event: 'device-lost', reason })));
 
 // WebGPU adapter facts that the wasm side cannot see (vendor, architecture).
 async function adapterFacts() {
@@ -40,12 +42,23 @@ function selection(ids) {
 }
 
 const handlers = {
-  async init({ prefer }) {
-    const info = await clipit.init(prefer || 'auto');
+  async init({ prefer, dtype, debug: withHooks }) {
+    debug = Boolean(withHooks);
+    const info = await clipit.init(prefer || 'auto', dtype || null);
     info.gpu = info.backend === 'webgpu' || info.adapter ? await adapterFacts() : null;
     info.version = clipit.version();
     info.templates = clipit.default_templates();
     return info;
+  },
+
+  backendInfo() {
+    return clipit.backend_info();
+  },
+
+  // Test hook (?debug=1): destroy the WebGPU device, as a lost one would be.
+  debugLoseDevice() {
+    if (!debug) throw new Error('losing the device on purpose needs the page opened with ?debug=1');
+    return clipit.debug_lose_device();
   },
 
   // Before the files are read whole: can the tab hold this model? (`head`: each file's header.)

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 
-use super::device::device_for;
+use super::device::{device_for, dtype_of};
 use super::js::{files_from_js, image_names, images_from_js, js_error, now_ms, to_js, Progress};
 use super::limits::{batches, plan_loaded};
 use super::state::{self, Loaded};
@@ -29,8 +29,12 @@ pub(super) const SCORE_BLOCK: usize = 1024;
 
 pub(super) type JsResult = Result<JsValue, JsError>;
 
+/// The error for the page; one that says the WebGPU device is lost also switches to the CPU
+/// (see [`super::lost::check_error`]).
 pub(super) fn err(e: crate::Error) -> JsError {
-    js_error(e)
+    let text = e.to_string();
+    super::lost::check_error(&text);
+    js_error(text)
 }
 
 /// What [`load_model`] and [`model_info`] return.
@@ -70,6 +74,8 @@ pub struct ModelInfo {
     pub backend: &'static str,
     /// Why the model is on the CPU although WebGPU was wanted.
     pub reason: Option<String>,
+    /// `"f32"` or `"f16"`: the float type of its weights and activations.
+    pub dtype: &'static str,
     /// Images per forward pass of the image encoder.
     pub image_batch: usize,
     /// Texts per forward pass of the text encoder.
@@ -100,6 +106,7 @@ fn info_of(loaded: &Loaded, load_ms: f64) -> ModelInfo {
         ignored_tensors: m.ignored_tensors.len(),
         backend: loaded.backend.as_str(),
         reason: loaded.reason.clone(),
+        dtype: loaded.dtype.name(),
         image_batch: loaded.batches.image,
         text_batch: loaded.batches.text,
         batch_note: loaded.batches.note.clone(),
@@ -123,7 +130,7 @@ pub async fn load_model(files: JsValue, name: Option<String>) -> JsResult {
     let engine = match state::engine() {
         Some(e) => e,
         None => {
-            super::init(None).await?;
+            super::init(None, None).await?;
             state::engine().ok_or_else(|| js_error("init failed"))?
         }
     };
@@ -136,6 +143,7 @@ pub async fn load_model(files: JsValue, name: Option<String>) -> JsResult {
     let model = Model::load_files(&ModelFiles::Ranges { name, files }, &device).map_err(err)?;
     let loaded = Rc::new(Loaded {
         batches: batches(&engine, backend, &model),
+        dtype: dtype_of(&engine, backend),
         model,
         device,
         backend,
@@ -199,7 +207,10 @@ pub fn unload_model() {
 }
 
 pub(super) fn loaded() -> Result<Rc<Loaded>, JsError> {
-    state::model().ok_or_else(|| js_error("no model is loaded: load a checkpoint folder first"))
+    state::model().ok_or_else(|| match super::lost::lost() {
+        Some(reason) => js_error(format!("{reason}; load the model again (the page does so)")),
+        None => js_error("no model is loaded: load a checkpoint folder first"),
+    })
 }
 
 pub(super) fn with_text(loaded: &Loaded, what: &str) -> Result<(), JsError> {

@@ -9,6 +9,7 @@ use wasm_bindgen::prelude::*;
 use super::js::{js_error, to_js};
 use super::state::{self, BackendKind, Engine, WebGpu};
 use crate::model::memory::MemoryPlan;
+use crate::precision::{choose_weight_dtype, WeightDtype};
 
 /// The WebGPU limits the kernels rely on, with the minimum each needs. Every adapter that
 /// implements WebGPU's defaults meets them; "compatibility mode" and some mobile adapters do not.
@@ -30,6 +31,10 @@ pub struct BackendInfo {
     pub reason: Option<String>,
     /// The WebGPU adapter, when one was acquired.
     pub adapter: Option<AdapterInfo>,
+    /// `"f32"` or `"f16"`: the float type of weights loaded from now on.
+    pub dtype: &'static str,
+    /// Why that is not the dtype asked for (`?dtype=f16` on an adapter without `shader-f16`).
+    pub dtype_note: Option<String>,
 }
 
 /// The WebGPU adapter's description and limits.
@@ -43,15 +48,21 @@ pub struct AdapterInfo {
     pub max_storage_buffer_binding_size: u64,
     /// `maxBufferSize` in bytes.
     pub max_buffer_size: u64,
+    /// Whether the device has the `shader-f16` feature (f16 weights).
+    pub shader_f16: bool,
 }
 
 /// Chooses the backend: `prefer` is `"auto"` (default: WebGPU if usable, else the CPU),
-/// `"webgpu"` (an error if WebGPU is unusable) or `"cpu"`. Resolves to a [`BackendInfo`].
+/// `"webgpu"` (an error if WebGPU is unusable) or `"cpu"`. `dtype` is the weights' float type
+/// on WebGPU (see [`choose_weight_dtype`]): `"auto"` (default: f16 when the adapter has
+/// `shader-f16`), `"f32"` or `"f16"`; a refused one leaves f32 and says why in `dtype_note`.
+/// Resolves to a [`BackendInfo`].
 ///
-/// WebGPU is tried once per worker (the runtime cannot be initialised twice); calling `init`
-/// again switches the backend for models loaded afterwards.
+/// WebGPU is tried once per worker (the runtime cannot be initialised twice), and its dtype is
+/// fixed then; calling `init` again switches the backend for models loaded afterwards. After
+/// the device was lost (see [`super::lost`]) the CPU is the only backend.
 #[wasm_bindgen]
-pub async fn init(prefer: Option<String>) -> Result<JsValue, JsError> {
+pub async fn init(prefer: Option<String>, dtype: Option<String>) -> Result<JsValue, JsError> {
     let prefer = prefer.unwrap_or_else(|| "auto".into()).trim().to_ascii_lowercase();
     if !matches!(prefer.as_str(), "auto" | "webgpu" | "cpu") {
         return Err(js_error(format!(
@@ -70,8 +81,12 @@ pub async fn init(prefer: Option<String>) -> Result<JsValue, JsError> {
         (_, Some(Err(e))) => (BackendKind::Cpu, Some(e.clone())),
         (_, None) => (BackendKind::Cpu, Some("WebGPU was not tried".to_string())),
     };
+    let dtype_note = match &webgpu {
+        Some(Ok(g)) => settle_dtype(g, dtype.as_deref()),
+        _ => None,
+    };
     let cpu = previous.map_or_else(Device::flex, |e| e.cpu.clone());
-    let engine = state::set_engine(Engine { prefer, webgpu, cpu, backend, reason });
+    let engine = state::set_engine(Engine { prefer, webgpu, cpu, backend, reason, dtype_note });
     to_js(&describe(&engine))
 }
 
@@ -80,6 +95,45 @@ pub async fn init(prefer: Option<String>) -> Result<JsValue, JsError> {
 pub fn backend_info() -> Result<JsValue, JsError> {
     let engine = state::engine().ok_or_else(|| js_error("call init() first"))?;
     to_js(&describe(&engine))
+}
+
+/// Fixes the WebGPU device's weight dtype the first time (f16 becomes burn's default float
+/// type on it), and says why it is not the one `requested`, if it is not.
+fn settle_dtype(g: &WebGpu, requested: Option<&str>) -> Option<String> {
+    let (want, mut note) = match choose_weight_dtype(g.shader_f16, requested) {
+        Ok(d) => (d, None),
+        Err(e) => (WeightDtype::F32, Some(format!("{e}; the weights are f32"))),
+    };
+    match g.dtype.get() {
+        Some(d) if d != want => {
+            return Some(format!(
+                "the weights stay {} in this tab (the dtype is fixed when WebGPU starts): reload the page for {}",
+                d.name(),
+                want.name()
+            ))
+        }
+        Some(_) => {}
+        None => {
+            let mut got = want;
+            if want == WeightDtype::F16 {
+                let mut device = g.device.clone();
+                if let Err(e) = device.configure(want.float_dtype()) {
+                    got = WeightDtype::F32;
+                    note = Some(format!("f16 weights could not be set up ({e:?}); the weights are f32"));
+                }
+            }
+            g.dtype.set(Some(got));
+        }
+    }
+    note
+}
+
+/// The float type of weights loaded on `backend`: the WebGPU device's, f32 on the CPU.
+pub fn dtype_of(engine: &Engine, backend: BackendKind) -> WeightDtype {
+    match (backend, &engine.webgpu) {
+        (BackendKind::WebGpu, Some(Ok(g))) => g.dtype.get().unwrap_or(WeightDtype::F32),
+        _ => WeightDtype::F32,
+    }
 }
 
 fn describe(engine: &Engine) -> BackendInfo {
@@ -93,9 +147,12 @@ fn describe(engine: &Engine) -> BackendInfo {
                 fallback: g.fallback,
                 max_storage_buffer_binding_size: g.max_binding,
                 max_buffer_size: g.max_buffer,
+                shader_f16: g.shader_f16,
             }),
             _ => None,
         },
+        dtype: dtype_of(engine, engine.backend).name(),
+        dtype_note: engine.dtype_note.clone(),
     }
 }
 
@@ -128,7 +185,11 @@ async fn try_webgpu() -> Result<WebGpu, String> {
     let info = setup.adapter.get_info();
     let limits = setup.device.limits();
     check_limits(&limits)?;
+    super::lost::watch(&setup.device);
     Ok(WebGpu {
+        wgpu: setup.device.clone(),
+        shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
+        dtype: Default::default(),
         device,
         adapter: info.name,
         fallback: info.device_type == wgpu::DeviceType::Cpu,

@@ -4,7 +4,9 @@
 //! this module in a Web Worker (`www/worker.js`) and calls, one at a time:
 //!
 //! 1. [`init`]: picks WebGPU (burn-wgpu) when the browser offers a usable adapter, software
-//!    fallback adapters included, and otherwise the CPU backend (burn-flex), saying why;
+//!    fallback adapters included, and otherwise the CPU backend (burn-flex), saying why, with f16
+//!    weights where the adapter has `shader-f16` ([`crate::precision`]); when the device is lost
+//!    later, the CPU takes over and the page is told ([`on_device_lost`], `lost.rs`);
 //! 2. [`load_model`]: a checkpoint folder given as file name → bytes (left on the JavaScript
 //!    side, read one tensor at a time), after [`check_model_memory`] says from the files'
 //!    headers that the tab can hold it; then [`warm_up`] (WebGPU compiles its shaders);
@@ -29,6 +31,7 @@ mod how;
 mod images;
 mod js;
 mod limits;
+mod lost;
 mod map;
 mod reports;
 mod state;
@@ -43,6 +46,7 @@ pub use device::{backend_info, init};
 pub use how::how_map;
 pub use images::{default_templates, thumbnail};
 pub use limits::{check_model_memory, set_batch_limit};
+pub use lost::{debug_lose_device, on_device_lost};
 pub use map::{
     map_close, map_csv, map_geojson, map_open, map_overlay_png, map_start, map_step,
     map_tile_report,

@@ -4,13 +4,15 @@
 //! still interleave at `.await` points, so nothing here is borrowed across an await: callers
 //! clone the `Rc` they need and let go of the cell first.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use burn::tensor::wgpu::wgpu;
 use burn::tensor::{Device, Tensor};
 
 use crate::model::Model;
+use crate::precision::WeightDtype;
 use crate::retrieval::Corpus;
 use crate::train::classifier::Classifier;
 use crate::train::session::TrainSession;
@@ -47,6 +49,13 @@ pub struct WebGpu {
     pub max_binding: u64,
     /// The device's `maxBufferSize`.
     pub max_buffer: u64,
+    /// The wgpu device under `device` (for the device-lost test hook).
+    pub wgpu: wgpu::Device,
+    /// Whether the device has the `shader-f16` feature.
+    pub shader_f16: bool,
+    /// The float type of weights on this device, fixed by the first [`crate::web::init`] that
+    /// acquired it (burn's default dtype is set before any tensor exists).
+    pub dtype: Rc<Cell<Option<WeightDtype>>>,
 }
 
 /// The devices and the choice made by [`crate::web::init`].
@@ -61,6 +70,8 @@ pub struct Engine {
     pub backend: BackendKind,
     /// Why the CPU is used although WebGPU was wanted.
     pub reason: Option<String>,
+    /// Why the weights are not in the dtype the page asked for (e.g. f16 without `shader-f16`).
+    pub dtype_note: Option<String>,
 }
 
 /// The report corpus last embedded for the loaded model.
@@ -81,6 +92,8 @@ pub struct Loaded {
     pub device: Device,
     /// That device's backend.
     pub backend: BackendKind,
+    /// The float type of its weights and activations.
+    pub dtype: WeightDtype,
     /// Why this model is on the CPU although WebGPU was chosen (e.g. a tensor too large to bind).
     pub reason: Option<String>,
     /// Images and texts per forward pass on this device (fewer under low buffer limits).

@@ -1,0 +1,36 @@
+// When the browser loses the WebGPU device, the engine (src/web/lost.rs) has already made the CPU
+// its backend and dropped the model that lived on the GPU; it tells the page once, with the
+// reason. The page says so where the backend is shown, loads the model again (now on the CPU)
+// from the files it still holds, puts back the trained or imported adapter, and classifies the
+// tiles again. A training that was running stops with the reason as its message; once the model
+// is back, the Train panel offers its last checkpoint. The reason stays in app.deviceLost.
+
+/** Returns the handler for the worker's `device-lost` event. */
+export function initDeviceLost(ctx) {
+  const { app, call, setStatus } = ctx;
+
+  return async function onDeviceLost(reason) {
+    const trained = app.trained;
+    const training = app.train && ['preparing', 'running', 'paused', 'stopping'].includes(app.train.state);
+    app.deviceLost = reason;
+    document.body.dataset.deviceLost = 'lost';
+    setStatus(reason, 'error');
+    try {
+      app.backend = Object.assign({}, app.backend, await call('backendInfo'), { gpu: null });
+      ctx.renderBackend();
+      if (app.modelFiles) {
+        await ctx.loadModel(app.modelFiles.name, app.modelFiles.files, { cache: false });
+        if (trained && trained.bytes && app.model) {
+          await app.trainPanel.importBytes(trained.name, trained.bytes.slice(0), trained.source);
+        }
+      }
+      const model = app.model ? ` ${app.model.name} was loaded again on the CPU${trained && trained.bytes ? ', with its adapter' : ''}.` : '';
+      const train = training ? ' The training stopped: its last checkpoint is offered in the Train panel.' : '';
+      setStatus(`${reason}.${model}${train}`, 'error');
+    } catch (err) {
+      setStatus(`${reason}; loading the model again on the CPU failed: ${err.message}`, 'error');
+    } finally {
+      document.body.dataset.deviceLost = 'reloaded';
+    }
+  };
+}
