@@ -22,6 +22,8 @@
 //     the confusion matrix, exports the adapter, checks the page's trained predictions against
 //     the native library's for that file (examples/adapter_predict, 1e-3), imports it back, and
 //     screenshots every panel at 1280×800 and at phone width;
+//   - on WebGPU, device_lost.mjs: the device lost under the demo (a test hook destroys it), the
+//     page goes on on the CPU with the same results; f32 weights on SwiftShader, ?dtype=f16 refused;
 //   - on the CPU ($E2E_HARDENING, default cpu), hardening.mjs: a training's checkpoint survives a
 //     reload and is offered, resumed or discarded; bad tiles and bad models get clear errors;
 //   - on the CPU, the committed demo bundle with the default server, the "How it works" map, loading
@@ -29,9 +31,10 @@
 // Shared helpers are in lib.mjs.
 import fs from 'node:fs';
 import path from 'node:path';
-import { CLASSES, OUT, REF, ROOT, STEP_TIMEOUT, TOL, TOP_K, check, cliPairs, cliProbs, compareHits, compareProbs, compareTrained, dropItems, exportCsv, idle, log, nativePredictions, openBrowser, parseCsv, result, startServer } from './lib.mjs';
+import { CLASSES, OUT, REF, ROOT, STEP_TIMEOUT, TOL, TOP_K, check, cliPairs, cliProbs, compareHits, compareProbs, compareTrained, dropItems, exportCsv, idle, log, nativePredictions, openBrowser, parseCsv, result, SCENARIOS, startServer } from './lib.mjs';
 import { runRealDemo } from './demo.mjs';
 import { runHardening } from './hardening.mjs';
+import { runDeviceLost } from './device_lost.mjs';
 
 const TILES = path.join(ROOT, 'tests/data/tiles');
 const CORPUS = path.join(ROOT, 'data/reports/demo_reports.jsonl');
@@ -42,14 +45,8 @@ const SLIDE = path.join(ROOT, 'tests/data/slides/cmu_small_region.svs');
 // The scenarios that run hardening.mjs (training across a reload, bad tiles and models).
 const HARDENING = (process.env.E2E_HARDENING || 'cpu').split(',');
 
-const BASE_FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 // The buffer limit the WebGPU scenario batches under (the page's ?batch_limit= test hook).
 const BATCH_LIMIT = 100000;
-const SCENARIOS = [
-  { name: 'webgpu', flags: [...BASE_FLAGS, '--enable-unsafe-webgpu'], expect: 'webgpu' },
-  // No --enable-unsafe-webgpu: the browser offers no usable adapter, so the page must fall back.
-  { name: 'cpu', flags: BASE_FLAGS, expect: 'cpu' },
-];
 
 
 // Drops every file of `dir` on a drop zone (as files: a synthetic drop carries no folders).
@@ -393,6 +390,8 @@ try {
       all[sc.name] = await runScenario(sc, port);
       if (DEMO) Object.assign(all[sc.name], await runTraining(sc, port));
       if (DEMO && HARDENING.includes(sc.name)) Object.assign(all[sc.name], await runHardening(sc, port));
+      // WebGPU lost under the page: the CPU takes over; ?dtype=f16 without shader-f16 is refused.
+      if (DEMO && sc.name === 'webgpu') Object.assign(all[sc.name], await runDeviceLost(sc, port));
       // The committed demo bundle with the default server: on the CPU only (the fastest).
       if (sc.name === 'cpu') Object.assign(all[sc.name], await runRealDemo(sc, SLIDE));
     } catch (err) {

@@ -1,6 +1,7 @@
-// Shared helpers of the end-to-end tests (e2e.mjs, demo.mjs, hardening.mjs): the checks and their
-// count, CSV parsing, the native references, the server, a browser with every request recorded,
-// synthetic drops, and the native predictions of an exported adapter.
+// Shared helpers of the end-to-end tests (e2e.mjs, demo.mjs, hardening.mjs, device_lost.mjs): the
+// scenarios (browser flags), the checks and their count, CSV parsing, the native references, the
+// server, a browser with every request recorded, synthetic drops, and the native predictions of
+// an exported adapter.
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -15,6 +16,14 @@ export const TOL = 1e-3;
 export const CLASSES = fs.readFileSync(path.join(REF, 'classes.txt'), 'utf8').trim().split(',');
 export const STEP_TIMEOUT = Number(process.env.E2E_STEP_TIMEOUT_MS || 600000);
 export const TOP_K = 3;
+
+const BASE_FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+/** The browsers the page is tested in: WebGPU through SwiftShader, and the CPU fallback. */
+export const SCENARIOS = [
+  { name: 'webgpu', flags: [...BASE_FLAGS, '--enable-unsafe-webgpu'], expect: 'webgpu' },
+  // No --enable-unsafe-webgpu: the browser offers no usable adapter, so the page must fall back.
+  { name: 'cpu', flags: BASE_FLAGS, expect: 'cpu' },
+];
 
 /** The number of failed checks so far. */
 export const result = { failures: 0 };
