@@ -127,3 +127,29 @@ fn pickle_reader_takes_bytes() {
         .to_string();
     assert!(err.starts_with("cut.bin: "), "{err}");
 }
+
+#[test]
+fn image_size_the_patch_does_not_divide_leaves_the_remainder_unused() {
+    // fuzz: config, a timm UNI config with img_size 33 and patch 16 panicked in the patch reshape
+    // at the first image. Like PyTorch's strided patch convolution, the pixels past the last whole
+    // patch are now unused: the 33-pixel model on an image equals the 32-pixel one on its crop.
+    let device = Backend::Cpu.device().unwrap();
+    let load = |size: u64| {
+        let files =
+            folder("timm_uni", "config.json", |j| j["model_args"]["img_size"] = size.into());
+        Model::load_files(&files, &device).unwrap_or_else(|e| panic!("img_size {size}: {e}"))
+    };
+    let (big, small) = (load(33), load(32));
+    let image: Vec<f32> =
+        (0..3 * 33 * 33).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+    let crop: Vec<f32> =
+        (0..3 * 32 * 32).map(|i| image[(i / 1024) * 1089 + (i / 32 % 32) * 33 + i % 32]).collect();
+    let encode = |model: &Model, pixels: Vec<f32>, size: usize| -> Vec<f32> {
+        let batch = clipit::preprocess::to_batch_tensor(&[pixels], size, &device);
+        model.encode_images(batch).unwrap().into_data().try_to_vec::<f32>().unwrap()
+    };
+    let (a, b) = (encode(&big, image, 33), encode(&small, crop, 32));
+    assert_eq!(a.len(), b.len());
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "33-pixel input differs from its 32-pixel crop by {diff}");
+}

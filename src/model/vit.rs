@@ -193,6 +193,13 @@ impl VisionTransformer {
         let [b, c, h, w] = pixels.dims();
         let p = self.geometry.patch;
         let (gh, gw) = (h / p, w / p);
+        // Like PyTorch's strided patch convolution, pixels past the last whole patch are unused
+        // (an image size the patch does not divide, e.g. 33 with patch 16).
+        let pixels = if h % p != 0 || w % p != 0 {
+            pixels.narrow(2, 0, gh * p).narrow(3, 0, gw * p)
+        } else {
+            pixels
+        };
         let patches = pixels.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([
             b,
             gh * gw,
