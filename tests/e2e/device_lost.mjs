@@ -1,10 +1,12 @@
 // The WebGPU device lost under the page (issue 6), and the weights' dtype (issue 4), on WebGPU
 // (SwiftShader) with the demo bundle that run.sh builds from the fixtures ($E2E_DEMO):
 //   - the Model panel shows f32 weights (SwiftShader has no shader-f16);
-//   - with ?debug=1, the test hook destroys the WebGPU device after the demo was classified: the
-//     page says "WebGPU device lost (reason Destroyed…): switched to the CPU backend" in the
-//     status and the Model panel, loads the model again on the CPU, and classifying again gives
-//     the same top classes, probabilities within 1e-3 of those before;
+//   - with ?debug=1, the test hook destroys the WebGPU device while a training runs, after the
+//     demo was classified and the training kept a checkpoint: the page says "WebGPU device lost
+//     (reason Destroyed…): switched to the CPU backend" in the status and the Model panel, the
+//     training stops with that reason, the model loads again on the CPU, classifying again gives
+//     the same top classes, probabilities within 1e-3 of those before, and the training's
+//     checkpoint is offered and resumes (its adapter classifies the tiles on the CPU);
 //   - ?dtype=f16 is refused with a clear message (the weights stay f32), and without ?debug=1 the
 //     hook is refused.
 // Run by e2e.mjs in its WebGPU scenario; alone: `node tests/e2e/device_lost.mjs` with E2E_REF
@@ -56,6 +58,14 @@ async function checkDeviceLost(page, origin) {
   const before = await tileProbs(page);
   check(before.length > 0 && before.every((t) => t.probs), `the demo's ${before.length} tiles are classified on WebGPU`);
 
+  // A long training, one step per request, until it kept a checkpoint.
+  for (const [id, v] of Object.entries({ '#hp-epochs': 200, '#hp-batch': 4, '#hp-val-every': 100000 })) await page.fill(id, String(v));
+  await page.evaluate(() => (window.clipitApp.train.maxChunk = 1));
+  await page.click('#train-start');
+  await page.waitForFunction(() => (window.clipitApp.checkpoint.saved || {}).step >= 5 || window.clipitApp.train.error, null, { timeout: STEP_TIMEOUT, polling: 50 });
+  const saved = await page.evaluate(() => ({ ...window.clipitApp.checkpoint.saved, state: window.clipitApp.train.state }));
+  check(saved.state === 'running' && saved.step >= 5, `a training runs on WebGPU and kept a checkpoint at step ${saved.step}`);
+
   const t0 = Date.now();
   const reason = await page.evaluate(() => window.clipitApp.call('debugLoseDevice'));
   check(/^WebGPU device lost \(reason Destroyed.*\): switched to the CPU backend$/.test(reason), `the device-lost callback ran: ${reason}`);
@@ -68,11 +78,22 @@ async function checkDeviceLost(page, origin) {
   check((after['Why the CPU'] || '').startsWith('WebGPU device lost (reason Destroyed'), `with the reason: ${after['Why the CPU']}`);
   check((await page.getAttribute('#backend-badge', 'data-backend')) === 'cpu', 'the backend badge says the CPU');
   compareRuns(before, await tileProbs(page), 'classified again on the CPU after the loss');
+  const train = await page.evaluate(() => ({ state: window.clipitApp.train.state, error: window.clipitApp.train.error }));
+  check(train.state === 'idle' && (train.error || '').startsWith(reason) && /The training stopped/.test(status), `the training stopped with the reason: ${train.error}`);
 
   await page.click('#classify');
   await idle(page, 'classifying once more on the CPU');
   compareRuns(before, await tileProbs(page), 'the Classify button on the CPU');
   await page.screenshot({ path: path.join(OUT, 'clipit-e2e-webgpu-device-lost.png') });
+
+  await page.waitForFunction(() => window.clipitApp.checkpoint.offered, null, { timeout: 30000, polling: 100 });
+  const offered = await page.evaluate(() => window.clipitApp.checkpoint.offered);
+  check(offered.step === saved.step || offered.step >= 5, `the training's checkpoint (step ${offered.step}) is offered after the loss`);
+  await page.click('#checkpoint-resume');
+  await page.waitForFunction(() => window.clipitApp.trained, null, { timeout: STEP_TIMEOUT, polling: 100 });
+  await idle(page, 'the checkpoint resumes on the CPU and classifies the tiles');
+  const resumed = await page.evaluate(() => ({ model: window.clipitApp.model.backend, classified: window.clipitApp.tiles.every((t) => t.probs) }));
+  check(resumed.model === 'cpu' && resumed.classified, 'the resumed adapter classifies every tile on the CPU');
   return Date.now() - t0;
 }
 
