@@ -110,6 +110,12 @@ pub struct TrainArgs {
     /// Compute backend (cpu, wgpu, cuda).
     #[arg(long, default_value = "cpu")]
     backend: Backend,
+    /// Data-parallel CLIP-IT training on several devices (Burn's multi-device learner: each step's
+    /// batch is split across them, gradients summed on the first, which also validates): a list
+    /// such as `cpu,wgpu:cpu` (burn-flex and wgpu's CPU adapter), `wgpu:0,wgpu:1`,
+    /// `cuda:0,cuda:1`, or a count N of --backend's devices (cuda:0..N-1, wgpu:0..N-1).
+    #[arg(long, value_name = "LIST|N")]
+    devices: Option<String>,
 }
 
 /// A progress bar for training steps (see [`show_step`]).
@@ -132,6 +138,10 @@ pub(super) fn show_step(bar: &ProgressBar, log: &StepLog, total: usize) {
 
 /// `clipit train`.
 pub fn train(a: &TrainArgs) -> Result<()> {
+    let devices = match &a.devices {
+        Some(spec) => clipit::train::parallel::parse_devices(spec, a.backend)?,
+        None => Vec::new(),
+    };
     let plain = a.backend.device()?;
     let classes = data_classes(&a.data)?;
     let backbone = Model::load(&a.backbone, &plain)?;
@@ -204,8 +214,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let run = RunDir::create(&a.out)?;
     let bar = step_progress();
     let mut on_step = |log: &StepLog, total: usize| show_step(&bar, log, total);
-    let summary =
-        run_training(&cfg, &run, TrainInputs { on_step: &mut on_step, resume: a.resume })?;
+    let inputs = TrainInputs { on_step: &mut on_step, resume: a.resume, devices };
+    let summary = run_training(&cfg, &run, inputs)?;
     bar.finish_and_clear();
     eprintln!(
         "trained {} steps: {:.1} images/s with data loading, {:.1} images/s for the model alone \

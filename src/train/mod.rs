@@ -9,6 +9,7 @@ pub mod data;
 pub mod heads;
 pub mod inference;
 pub mod optim;
+pub mod parallel;
 mod pairing;
 pub mod plot;
 pub mod pretrain;

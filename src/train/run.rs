@@ -17,6 +17,7 @@ use super::heads::cross_entropy;
 use super::heads::{text_lora_tower, ClipItModel, HeadsConfig};
 use super::inference::Predictor;
 use super::pairing::{pair_reports, TextTargets};
+use super::parallel::parallel_step;
 use super::split::{group_split, stratified_split};
 use super::trainer::{
     clipit_batch_loss, vision_batch_loss, LossParts, StepLog, TrainBatch, TrainOptions, Trainer,
@@ -139,6 +140,9 @@ pub struct TrainInputs<'a> {
     pub on_step: &'a mut dyn FnMut(&StepLog, usize),
     /// Continue from the run folder's last checkpoint.
     pub resume: bool,
+    /// The devices to train on (not autodiff), the first being the main one; empty: the CPU
+    /// backend. With several, CLIP-IT steps are data parallel ([`super::parallel`]).
+    pub devices: Vec<Device>,
 }
 
 /// The training and validation sets: a manifest's own splits (or a split of its training rows by
@@ -440,8 +444,11 @@ fn probe_loss(
 
 /// Runs training as configured and writes the run folder.
 pub fn train(cfg: &RunConfig, run: &RunDir, inputs: TrainInputs) -> Result<RunSummary> {
-    let device = crate::backend::Backend::Cpu.device()?.autodiff();
-    train_on(cfg, run, inputs, &device)
+    let device = match inputs.devices.first() {
+        Some(main) => main.clone(),
+        None => crate::backend::Backend::Cpu.device()?,
+    };
+    train_on(cfg, run, inputs, &device.autodiff())
 }
 
 /// [`train`] on a given autodiff device.
@@ -452,6 +459,8 @@ pub fn train_on(
     device: &Device,
 ) -> Result<RunSummary> {
     let opts = &cfg.options;
+    let replicas =
+        super::parallel::replicas(&inputs.devices, device, cfg.method == Method::Clipit)?;
     let (train_set, val_set) = load_splits(cfg)?;
 
     let plain = device.clone().without_autodiff();
@@ -542,6 +551,11 @@ pub fn train_on(
             let Some((batch, n)) = batch else { continue };
             let stepped = Instant::now();
             let log = match &batch {
+                StepInput::Images(b) if replicas.len() > 1 => {
+                    parallel_step(&mut trainer, &replicas, epoch, b, |m, b| {
+                        batch_loss(cfg.method, m, b, opts)
+                    })?
+                }
                 StepInput::Images(b) => {
                     trainer.step(epoch, |m| batch_loss(cfg.method, m, b, opts))?
                 }

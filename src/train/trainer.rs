@@ -125,6 +125,18 @@ pub struct LossParts {
     pub kd: Option<Tensor<1>>,
 }
 
+impl LossParts {
+    /// The detached values to log, `[total, ce, kd]` (kd 0 when absent), in one tensor.
+    pub fn values(&self) -> Tensor<1> {
+        let total = self.total.clone().detach().reshape([1]);
+        let kd = match &self.kd {
+            Some(k) => k.clone().reshape([1]),
+            None => Tensor::<1>::zeros([1], &total.device()),
+        };
+        Tensor::cat(vec![total, self.ce.clone().reshape([1]), kd], 0)
+    }
+}
+
 /// CLIP-IT's loss on a batch: CE on the fused logits + λ·(1 − cos(t̂, t)). The target t is the
 /// batch's precomputed `text_targets`, or, when the model carries a text tower (text-LoRA mode),
 /// that tower's embedding of the batch's `token_ids`, not detached: the gradient then reaches the
@@ -198,6 +210,12 @@ impl<M: Module> Trainer<M> {
         loss: impl FnOnce(&M) -> Result<LossParts>,
     ) -> Result<StepLog> {
         let pending = self.begin_step(loss)?;
+        self.apply(epoch, pending)
+    }
+
+    /// Reads a computed step's values synchronously (native only) and applies it: the shared end
+    /// of [`Trainer::step`] and of the multi-device step ([`super::parallel`]).
+    pub(crate) fn apply(&mut self, epoch: usize, pending: PendingStep) -> Result<StepLog> {
         let values = pending.values.clone().try_into_data();
         let values = values.map_err(|e| Error::msg(format!("reading the loss: {e}")))?;
         self.finish_step(epoch, pending, values)
@@ -220,17 +238,9 @@ impl<M: Module> Trainer<M> {
     /// values to log, gathered in one tensor so that they cross to the host in one read.
     fn begin_step(&self, loss: impl FnOnce(&M) -> Result<LossParts>) -> Result<PendingStep> {
         let parts = loss(&self.model)?;
-        let total = parts.total.clone().detach();
+        let values = parts.values();
         let grads = GradientsParams::from_grads(parts.total.backward(), &self.model);
-        let device = total.device();
-        let zero = || Tensor::<1>::zeros([1], &device);
-        let kd = parts.kd.map(|k| k.reshape([1])).unwrap_or_else(zero);
-        let norm_sq = grad_norm_squared(&self.model, &grads).map(|n| n.reshape([1]));
-        let values = Tensor::cat(
-            vec![total.reshape([1]), parts.ce.reshape([1]), kd, norm_sq.unwrap_or_else(zero)],
-            0,
-        );
-        Ok(PendingStep { grads, values })
+        Ok(PendingStep::new(&self.model, grads, values))
     }
 
     /// The host part of a step, once its values are read: the finite-loss check, clipping and
@@ -261,8 +271,19 @@ impl<M: Module> Trainer<M> {
 }
 
 /// A step whose loss and gradients are computed but not yet read or applied.
-struct PendingStep {
+pub(crate) struct PendingStep {
     grads: GradientsParams,
     /// `[loss, ce, kd, squared gradient norm]`.
     values: Tensor<1>,
+}
+
+impl PendingStep {
+    /// The step of `grads` (of `model`'s parameters, on its device) whose logged values
+    /// `[loss, ce, kd]` are `values` ([`LossParts::values`]): adds the squared gradient norm.
+    pub(crate) fn new<M: Module>(model: &M, grads: GradientsParams, values: Tensor<1>) -> Self {
+        let norm_sq = grad_norm_squared(model, &grads)
+            .map(|n| n.reshape([1]))
+            .unwrap_or_else(|| Tensor::<1>::zeros([1], &values.device()));
+        Self { grads, values: Tensor::cat(vec![values, norm_sq], 0) }
+    }
 }
