@@ -6,9 +6,10 @@
 #                       arguments go to www/serve.py (e.g. --allow-origin https://host to let the
 #                       page load a model from that URL)
 #   ./build.sh          set up, build the CLI and run the same job on the command line (demo bundle)
-#   ./build.sh test     set up and run every test (what CI runs): cargo test, then the page end to
-#                       end in headless Chromium (tests/e2e/run.sh; CLIPIT_SKIP_E2E=1 skips it)
-#                       and the wasm unit tests in headless Chromium (tests/wasm/run.sh)
+#   ./build.sh test     set up and run every test (what CI runs): cargo deny (CLIPIT_SKIP_DENY=1
+#                       skips it), cargo test, then the page end to end in headless Chromium
+#                       (tests/e2e/run.sh; CLIPIT_SKIP_E2E=1 skips it) and the wasm unit tests in
+#                       headless Chromium (tests/wasm/run.sh)
 #   ./build.sh cli      build the native CLI only
 #   ./build.sh web      build the browser module (wasm32 + wasm-bindgen) into pkg/
 #
@@ -108,14 +109,47 @@ serve() {
   exec python3 www/serve.py --port "${PORT:-8080}" "$@"
 }
 
+# --- Supply chain: cargo deny (licences, bans, sources, RustSec advisories; deny.toml). ----------
+# The advisory DB is only read from a local clone, never fetched: deny.toml's db-path, in the folder
+# cargo-deny names after the default URL (github.com/rustsec/advisory-db). CLIPIT_ADVISORY_DB (a git
+# URL or folder holding that repository) makes the clone when it is missing.
+ADVISORY_DB="$HOME/.cache/clipit/advisory-db/advisory-db-3157b0e258782691"
+
+run_deny() {
+  if [ "${CLIPIT_SKIP_DENY:-0}" = 1 ]; then
+    log "CLIPIT_SKIP_DENY=1: skipping cargo deny"
+    return 0
+  fi
+  if ! cargo deny --version >/dev/null 2>&1; then
+    log "installing cargo-deny (cargo install cargo-deny --locked; a few minutes)"
+    cargo install cargo-deny --locked || return 1
+  fi
+  if [ ! -e "$ADVISORY_DB/.git" ] && [ -n "${CLIPIT_ADVISORY_DB:-}" ]; then
+    log "cloning the RustSec advisory DB from $CLIPIT_ADVISORY_DB into $ADVISORY_DB"
+    git clone -q --single-branch --branch main "$CLIPIT_ADVISORY_DB" "$ADVISORY_DB" || true
+  fi
+  local checks=(licenses bans sources) db_date db_time
+  if db_date="$(git -C "$ADVISORY_DB" show -s --format='%cs, commit %h' HEAD 2>/dev/null)"; then
+    db_time="$(git -C "$ADVISORY_DB" show -s --format=%ct HEAD)"
+    log "cargo deny: RustSec advisory DB of $db_date ($(( ($(date +%s) - db_time) / 86400 )) days old), read offline from $ADVISORY_DB; advisories published later are not checked"
+    checks+=(advisories)
+  else
+    log "advisory DB not available offline: no clone at $ADVISORY_DB (set CLIPIT_ADVISORY_DB to a git URL or folder of github.com/rustsec/advisory-db to make one); SKIPPING the advisories check, licences, bans and sources still run"
+  fi
+  # --offline: the DB is opened, never fetched (and the crates.io index is read from cargo's cache).
+  cargo deny --all-features --locked --offline check "${checks[@]}"
+}
+
 run_tests() {
   need_cargo
   setup_vulkan
   if ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
     export CLIPIT_REQUIRE_WGPU=1
   fi
-  log "running every test (features: $FEATURES)"
   local failed=0
+  log "cargo deny: licences, bans, sources and advisories (deny.toml; CLIPIT_SKIP_DENY=1 skips it)"
+  run_deny || failed=1
+  log "running every test (features: $FEATURES)"
   cargo test --features "$FEATURES" --no-fail-fast || failed=1
   # The page end to end in headless Chromium (WebGPU and the CPU fallback). It installs what it
   # needs (wasm target, wasm-bindgen-cli, chromium, node packages) and fails loudly when it cannot.
