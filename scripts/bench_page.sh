@@ -53,19 +53,22 @@ if [ -n "$SCENARIOS" ]; then
   REF="$(mktemp -d)"
   trap 'rm -rf "$REF"' EXIT
   echo x > "$REF/classes.txt" # lib.mjs reads it
-  E2E_ROOT="$PWD" E2E_REF="$REF" E2E_OUT="$OUT" CHROMIUM="$CHROMIUM" BP_MODEL="$MODEL" BP_ONNX="$ONNX" \
+  # The page as it is now (a rebuild of pkg/ during the run does not swap the module under it).
+  PAGE="$OUT/page"
+  rm -rf "$PAGE" && mkdir -p "$PAGE" && cp -r www pkg "$PAGE/"
+  E2E_ROOT="$PAGE" BP_REPO="$PWD" E2E_REF="$REF" E2E_OUT="$OUT" CHROMIUM="$CHROMIUM" BP_MODEL="$MODEL" BP_ONNX="$ONNX" \
     BP_SCENARIOS="$SCENARIOS" node tests/e2e/bench_page.mjs >&2
   python3 -c 'import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]' "$OUT/bench_page.json" >> "$ROWS"
 fi
 for adapter in $(echo "${BP_NATIVE-lavapipe,swiftshader}" | tr , ' '); do
   case "$adapter" in
-    lavapipe) icd=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json ;;
-    swiftshader) icd="$SWIFTSHADER_ICD" ;;
+    lavapipe) icd=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json; name="llvmpipe (Mesa lavapipe)" ;;
+    swiftshader) icd="$SWIFTSHADER_ICD"; name="SwiftShader Device (Subzero), Chromium's own driver" ;;
     *) echo "BP_NATIVE: unknown adapter $adapter (lavapipe, swiftshader)" >&2; exit 1 ;;
   esac
   echo "==> native clipit bench --backend wgpu on $adapter ($icd)" >&2
   VK_ICD_FILENAMES="$icd" VK_DRIVER_FILES="$icd" "$CLI" bench --model "$MODEL" --task embed --batch 8 --backend wgpu \
-    --warmup 1 --runs "${BP_RUNS:-3}" --json | python3 -c 'import json,sys; r=json.load(sys.stdin); r["scenario"]="native-wgpu-'"$adapter"'"; print(json.dumps(r))' >> "$ROWS"
+    --warmup 1 --runs "${BP_RUNS:-3}" --json | python3 -c 'import json,sys; r=json.load(sys.stdin); r["scenario"]="native-wgpu-'"$adapter"'"; r["adapter"]="'"$name"'"; print(json.dumps(r))' >> "$ROWS"
 done
 cat "$ROWS"
 python3 - "$ROWS" <<'EOF'

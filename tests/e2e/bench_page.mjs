@@ -1,10 +1,11 @@
 // Throughput of the page (scripts/bench_page.sh; a benchmark, not a test): image embedding of
 // the full-size random-init HF CLIP ViT-B/32 (BP_MODEL), batch BP_BATCH (8), 224 px, f32.
 // Scenarios (BP_SCENARIOS):
-//   cpu, webgpu  the real page (www/ through www/serve.py, its CSP): the model goes in through the
-//                Model panel's file input, then the worker's embedImages request embeds a batch of
-//                PNG tiles, one warm-up batch then BP_RUNS timed batches (distinct images: the page
-//                caches embeddings by content), timed from the page around the request;
+//   cpu, webgpu  the real page (www/ and pkg/ under E2E_ROOT, through www/serve.py and its CSP): the
+//                model goes in through the Model panel's file input, then the worker's embedImages
+//                request embeds a batch of PNG tiles: one warm-up batch, then BP_RUNS timed batches
+//                (distinct images: the page caches embeddings by content), timed from the page
+//                around the request;
 //   tjs1, tjs2   transformers.js (onnxruntime-web's wasm backend, 1 or 2 threads, cross-origin
 //                isolated) on the ONNX export of the same tower (BP_ONNX, export_onnx.py), fed
 //                the same images already preprocessed (tests/bench_page/tjs.js).
@@ -119,8 +120,9 @@ async function pageScenario(name, port) {
 
 // transformers.js on its own small server (cross-origin isolated, the page's CSP).
 function tjsServer() {
-  const nm = path.join(ROOT, 'tests/bench_page/node_modules');
-  const routes = [['/tjs/', path.join(nm, '@huggingface/transformers/dist')], ['/ort/', path.join(nm, 'onnxruntime-web/dist')], ['/models/clip/', ONNX], ['/', path.join(ROOT, 'tests/bench_page')]];
+  const repo = process.env.BP_REPO || ROOT;
+  const nm = path.join(repo, 'tests/bench_page/node_modules');
+  const routes = [['/tjs/', path.join(nm, '@huggingface/transformers/dist')], ['/ort/', path.join(nm, 'onnxruntime-web/dist')], ['/models/clip/', ONNX], ['/', path.join(repo, 'tests/bench_page')]];
   const inputs = batches.map(pixelValues);
   const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json', '.onnx': 'application/octet-stream' };
   const server = http.createServer((req, res) => {
