@@ -53,6 +53,21 @@ pub fn choose_weight_dtype(
     }
 }
 
+/// Whether the page can train on weights in `dtype`: in f32 only. In f16 the CLIP-IT loss turned
+/// NaN at the second step (tests/precision_f16.rs found it on lavapipe; Burn has no mixed
+/// precision), while adapters trained in f32 predict the same on f16 weights.
+pub fn check_trainable(dtype: WeightDtype) -> Result<(), String> {
+    match dtype {
+        WeightDtype::F32 => Ok(()),
+        WeightDtype::F16 => {
+            Err("training needs f32 weights, and this model's are f16 (in f16 the \
+                                 loss turns NaN within a few steps): open the page with ?dtype=f32 \
+                                 to train; an adapter trained there imports onto f16 weights"
+                .to_string())
+        }
+    }
+}
+
 /// What the page says when the WebGPU device is lost: `reason` as wgpu names it (`Destroyed`,
 /// `Unknown`) and the browser's message, if any.
 pub fn device_lost_message(reason: &str, message: &str) -> String {
@@ -94,6 +109,13 @@ mod tests {
         assert!(e.contains("shader-f16") && e.contains("?dtype=f32"), "{e}");
         let e = choose_weight_dtype(true, Some("bf16")).unwrap_err();
         assert!(e.contains("unknown dtype 'bf16'"), "{e}");
+    }
+
+    #[test]
+    fn training_is_refused_on_f16_weights() {
+        assert_eq!(check_trainable(WeightDtype::F32), Ok(()));
+        let e = check_trainable(WeightDtype::F16).unwrap_err();
+        assert!(e.contains("?dtype=f32") && e.contains("f16"), "{e}");
     }
 
     #[test]

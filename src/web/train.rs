@@ -19,6 +19,7 @@ use super::js::{image_names, images_from_js, js_error, now_ms, to_js, Progress};
 use super::reports::corpus_embeds;
 use super::state::Loaded;
 use crate::metrics::{argmax_rows, Report};
+use crate::precision::check_trainable;
 use crate::preprocess::{decode_rgb, max_pixels, preprocess};
 use crate::retrieval::{matrix_from_host, matrix_to_host_async, top_k_async};
 use crate::train::classifier::Classifier;
@@ -75,6 +76,7 @@ pub async fn train_prepare(
     let progress = Progress(progress);
     let loaded = loaded()?;
     with_text(&loaded, "CLIP-IT training (its text tower gives the targets)")?;
+    check_trainable(loaded.dtype).map_err(js_error)?;
     loaded.training.borrow_mut().take();
     let opts: SessionOptions = if options.is_undefined() || options.is_null() {
         SessionOptions::default()
