@@ -7,7 +7,8 @@
 #                       page load a model from that URL)
 #   ./build.sh          set up, build the CLI and run the same job on the command line (demo bundle)
 #   ./build.sh test     set up and run every test (what CI runs): cargo deny (CLIPIT_SKIP_DENY=1
-#                       skips it), cargo test, then the page end to end in headless Chromium
+#                       skips it), cargo test, a 30 s fuzz run of each target (fuzz/smoke.sh;
+#                       CLIPIT_SKIP_FUZZ=1 skips it), then the page end to end in headless Chromium
 #                       (tests/e2e/run.sh; CLIPIT_SKIP_E2E=1 skips it) and the wasm unit tests in
 #                       headless Chromium (tests/wasm/run.sh)
 #   ./build.sh cli      build the native CLI only
@@ -151,6 +152,14 @@ run_tests() {
   run_deny || failed=1
   log "running every test (features: $FEATURES)"
   cargo test --features "$FEATURES" --no-fail-fast || failed=1
+  # 30 s of each cargo-fuzz target from its committed seeds (nightly; sanitizer build in
+  # ~/.cache/clipit/target-fuzz, shared by every clone).
+  if [ "${CLIPIT_SKIP_FUZZ:-0}" = 1 ]; then
+    log "CLIPIT_SKIP_FUZZ=1: skipping the fuzz smoke run"
+  else
+    log "fuzz smoke run: 30 s of each cargo-fuzz target (fuzz/smoke.sh 30; CLIPIT_SKIP_FUZZ=1 skips it)"
+    fuzz/smoke.sh 30 || failed=1
+  fi
   # The page end to end in headless Chromium (WebGPU and the CPU fallback). It installs what it
   # needs (wasm target, wasm-bindgen-cli, chromium, node packages) and fails loudly when it cannot.
   if [ "${CLIPIT_SKIP_E2E:-0}" = 1 ]; then
