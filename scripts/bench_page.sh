@@ -16,7 +16,9 @@
 # tests/e2e/node_modules (tests/e2e/run.sh installs it) and Python with torch, transformers and onnx.
 # Installs transformers.js into tests/bench_page/node_modules (npm ci --ignore-scripts; ~480 MB).
 # Environment: BP_SCENARIOS (cpu,webgpu,tjs1,tjs2), BP_NATIVE (lavapipe,swiftshader; empty: none),
-# BP_RUNS, BP_FLAGS_<SCENARIO> (extra Chromium flags, JSON), CHROMIUM.
+# BP_RUNS, BP_FLAGS_<SCENARIO> (extra Chromium flags, JSON), CHROMIUM. Slow on a machine without a GPU:
+# the CPU rows take ~10 minutes, but on SwiftShader each WebGPU batch took ~30 minutes and native
+# wgpu's batches after the first did not finish in minutes (BENCHMARKS.md, "The page (browser)").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipit/target}"
