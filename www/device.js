@@ -11,6 +11,8 @@ export function initDeviceLost(ctx) {
 
   return async function onDeviceLost(reason) {
     const trained = app.trained;
+    // A model already on the CPU (too large for the adapter) stays; one on WebGPU was dropped.
+    const reload = app.modelFiles && (!app.model || app.model.backend === 'webgpu');
     const training = app.train && ['preparing', 'running', 'paused', 'stopping'].includes(app.train.state);
     app.deviceLost = reason;
     document.body.dataset.deviceLost = 'lost';
@@ -18,14 +20,14 @@ export function initDeviceLost(ctx) {
     try {
       app.backend = Object.assign({}, app.backend, await call('backendInfo'), { gpu: null });
       ctx.renderBackend();
-      if (app.modelFiles) {
+      if (reload) {
         await ctx.loadModel(app.modelFiles.name, app.modelFiles.files, { cache: false });
         if (trained && trained.bytes && app.model) {
           await app.trainPanel.importBytes(trained.name, trained.bytes.slice(0), trained.source);
         }
       }
-      const model = app.model ? ` ${app.model.name} was loaded again on the CPU${trained && trained.bytes ? ', with its adapter' : ''}.` : '';
-      const train = training ? ' The training stopped: its last checkpoint is offered in the Train panel.' : '';
+      const model = reload && app.model ? ` ${app.model.name} was loaded again on the CPU${trained && trained.bytes ? ', with its adapter' : ''}.` : '';
+      const train = training && reload ? ' The training stopped: its last checkpoint is offered in the Train panel.' : '';
       setStatus(`${reason}.${model}${train}`, 'error');
     } catch (err) {
       setStatus(`${reason}; loading the model again on the CPU failed: ${err.message}`, 'error');
