@@ -140,7 +140,8 @@ pub(super) fn show_step(bar: &ProgressBar, log: &StepLog, total: usize) {
 pub fn train(a: &TrainArgs) -> Result<()> {
     let devices = match &a.devices {
         Some(spec) => clipit::train::parallel::parse_devices(spec, a.backend)?,
-        None => Vec::new(),
+        // One device: --backend's (training used to stay on the CPU whatever --backend said).
+        None => vec![a.backend.device()?],
     };
     let plain = a.backend.device()?;
     let classes = data_classes(&a.data)?;
