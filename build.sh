@@ -138,7 +138,7 @@ run_deny() {
     log "advisory DB not available offline: no clone at $ADVISORY_DB (set CLIPIT_ADVISORY_DB to a git URL or folder of github.com/rustsec/advisory-db to make one); SKIPPING the advisories check, licences, bans and sources still run"
   fi
   # --offline: the DB is opened, never fetched (and the crates.io index is read from cargo's cache).
-  cargo deny --all-features --locked --offline check "${checks[@]}"
+  cargo deny --all-features --locked --offline check --hide-inclusion-graph "${checks[@]}"
 }
 
 run_tests() {
