@@ -30,15 +30,9 @@ CLI="$CARGO_TARGET_DIR/debug/clipit"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 SWIFTSHADER_ICD="${SWIFTSHADER_ICD:-$(dirname "$(readlink -f "$CHROMIUM")")/vk_swiftshader_icd.json}"
 [ -f "$SWIFTSHADER_ICD" ] || SWIFTSHADER_ICD=/usr/lib/chromium/vk_swiftshader_icd.json
-[ -f pkg/clipit_bg.wasm ] || { echo "pkg/clipit_bg.wasm is missing: run ./build.sh web" >&2; exit 1; }
-[ -x "$CLI" ] || { echo "$CLI is missing: run ./build.sh cli" >&2; exit 1; }
-[ -d tests/e2e/node_modules/playwright-core ] || { echo "run tests/e2e/run.sh once (installs playwright-core)" >&2; exit 1; }
+source tests/e2e/full_size_setup.sh
+full_size_setup
 mkdir -p "$OUT"
-if [ ! -f "$MODEL/model.safetensors" ]; then
-  echo "==> generating the full-size model in $MODEL (~600 MB)" >&2
-  python3 tests/reference/make_fixtures.py --full-size "$MODEL.tmp"
-  mv "$MODEL.tmp" "$MODEL"
-fi
 if [ ! -f "$ONNX/onnx/vision_model.onnx" ]; then
   echo "==> exporting its image tower to ONNX ($ONNX)" >&2
   python3 tests/reference/export_onnx.py "$MODEL" "$ONNX.tmp" >&2

@@ -17,16 +17,10 @@ OUT="$CARGO_TARGET_DIR/e2e/full_size"
 MODEL="$OUT/model"
 CLI="$CARGO_TARGET_DIR/debug/clipit"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
-[ -f pkg/clipit_bg.wasm ] || { echo "pkg/clipit_bg.wasm is missing: run ./build.sh web" >&2; exit 1; }
-[ -x "$CLI" ] || { echo "$CLI is missing: run ./build.sh cli" >&2; exit 1; }
 [ -x "$CHROMIUM" ] || { echo "chromium not found at $CHROMIUM" >&2; exit 1; }
-[ -d tests/e2e/node_modules/playwright-core ] || { echo "run tests/e2e/run.sh once (installs playwright-core)" >&2; exit 1; }
+source tests/e2e/full_size_setup.sh
+full_size_setup
 mkdir -p "$OUT"
-if [ ! -f "$MODEL/model.safetensors" ]; then
-  echo "==> generating the full-size model in $MODEL (~600 MB)" >&2
-  python3 tests/reference/make_fixtures.py --full-size "$MODEL.tmp"
-  mv "$MODEL.tmp" "$MODEL"
-fi
 TILES=(data/demo/tiles/*/*) # sorted by the glob
 TILE="$ROOT/${TILES[0]}"
 TEXT="an H&E image of tumor."
