@@ -13,6 +13,7 @@ mod pairing;
 pub mod parallel;
 pub mod plot;
 pub mod pretrain;
+mod probe;
 pub mod run;
 pub mod session;
 pub mod split;

@@ -6,18 +6,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{RunDir, RunState};
 use super::contrastive::{contrastive_batch_loss, ClassPrompts};
 use super::data::read_manifest;
 use super::data::{Batch, BatchLoader, Dataset, LoaderConfig};
-use super::heads::cross_entropy;
 use super::heads::{text_lora_tower, ClipItModel, HeadsConfig};
 use super::inference::Predictor;
 use super::pairing::{pair_reports, TextTargets};
 use super::parallel::parallel_step;
+use super::probe::{probe_loss, Features};
 use super::split::{group_split, stratified_split};
 use super::trainer::{
     clipit_batch_loss, vision_batch_loss, LossParts, StepLog, TrainBatch, TrainOptions, Trainer,
@@ -314,30 +314,6 @@ fn evaluate(
     Ok((loss_sum / n as f64, probs, labels))
 }
 
-/// Frozen backbone features of a dataset, computed once.
-struct Features {
-    /// Row-major `[samples, dim]`.
-    values: Vec<f32>,
-    labels: Vec<usize>,
-    dim: usize,
-}
-
-fn extract_features(model: &ClipItModel, loader: &BatchLoader) -> Result<Features> {
-    let model = model.valid();
-    let plain = model.backbone.pos_embed.val().device();
-    let (mut values, mut labels, mut dim) = (Vec::new(), Vec::new(), 0);
-    for batch in loader.epoch(0) {
-        let (v, [_, d]) = matrix_to_host(model.backbone.forward(batch.to_tensor(&plain)))?;
-        values.extend(v);
-        labels.extend_from_slice(&batch.labels);
-        dim = d;
-    }
-    if labels.is_empty() {
-        return Err(Error::msg("no image could be read to compute features"));
-    }
-    Ok(Features { values, labels, dim })
-}
-
 /// Where training batches come from.
 enum Source {
     /// Streamed, augmented images (CLIP-IT, contrastive).
@@ -371,11 +347,10 @@ impl Source {
                 let mut order: Vec<usize> = (0..train.labels.len()).collect();
                 super::split::Rng::derive(*seed, &[epoch as u64]).shuffle(&mut order);
                 let chunks: Vec<Vec<usize>> = order.chunks(*batch).map(<[usize]>::to_vec).collect();
-                Box::new(
-                    chunks
-                        .into_iter()
-                        .map(move |idx| Some((feature_batch(train, &idx, device), idx.len()))),
-                )
+                Box::new(chunks.into_iter().map(move |idx| {
+                    let (x, labels) = train.batch(&idx, device);
+                    Some((StepInput::Features { x, labels }, idx.len()))
+                }))
             }
         }
     }
@@ -396,9 +371,7 @@ impl Source {
                 let model = model.valid();
                 let plain = device.clone().without_autodiff();
                 let all: Vec<usize> = (0..val.labels.len()).collect();
-                let StepInput::Features { x, labels } = feature_batch(val, &all, &plain) else {
-                    unreachable!()
-                };
+                let (x, labels) = val.batch(&all, &plain);
                 let loss = f64::from(
                     probe_loss(&model, x.clone(), labels, opts)?.total.into_scalar::<f32>(),
                 );
@@ -416,30 +389,6 @@ enum StepInput {
     Images(TrainBatch),
     /// Cached backbone features `[n, dim]` and labels for the linear probe.
     Features { x: Tensor<2>, labels: Tensor<1, Int> },
-}
-
-/// A batch of cached features.
-fn feature_batch(f: &Features, idx: &[usize], device: &Device) -> StepInput {
-    let mut rows = Vec::with_capacity(idx.len() * f.dim);
-    for &i in idx {
-        rows.extend_from_slice(&f.values[i * f.dim..(i + 1) * f.dim]);
-    }
-    let labels: Vec<i64> = idx.iter().map(|&i| f.labels[i] as i64).collect();
-    StepInput::Features {
-        x: Tensor::from_data(TensorData::new(rows, [idx.len(), f.dim]), device),
-        labels: Tensor::from_data(TensorData::new(labels, [idx.len()]), device),
-    }
-}
-
-/// The linear probe's loss: CE of h_v on cached features.
-fn probe_loss(
-    model: &ClipItModel,
-    x: Tensor<2>,
-    labels: Tensor<1, Int>,
-    opts: &TrainOptions,
-) -> Result<LossParts> {
-    let ce = cross_entropy(model.heads.h_v.forward(x), labels, opts.paper_compat);
-    Ok(LossParts { total: ce.clone(), ce: ce.detach(), kd: None })
 }
 
 /// Runs training as configured and writes the run folder.
@@ -497,11 +446,11 @@ pub fn train_on(
     let source = match cfg.method {
         Method::LinearProbe => {
             eprintln!("caching frozen backbone features ...");
-            let train = extract_features(
+            let train = Features::extract(
                 &model,
                 &BatchLoader::new(train_set, LoaderConfig::eval(preprocess, opts.batch_size))?,
             )?;
-            let val = extract_features(&model, &val_loader)?;
+            let val = Features::extract(&model, &val_loader)?;
             Source::Features { train, val, batch: opts.batch_size, seed: opts.seed }
         }
         Method::Clipit | Method::Contrastive => Source::Images {
