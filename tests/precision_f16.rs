@@ -7,10 +7,10 @@
 //! f16 becomes the wgpu device's default float type for the whole process. Skips when there is
 //! no wgpu adapter (unless `CLIPIT_REQUIRE_WGPU=1`) or it lacks f16 (Mesa's lavapipe has it).
 
-use std::future::Future;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, Waker};
 
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 use clipit::backend::Backend;
@@ -25,9 +25,7 @@ use clipit::train::classifier::Classifier;
 use clipit::train::session::{LabelledImages, ReportTargets, SessionOptions, TrainSession};
 use clipit::zeroshot::{class_embeddings, default_templates, prompts, zero_shot_probs};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{block_on, root};
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
@@ -131,18 +129,6 @@ fn f16_weights_on_wgpu_match_f32() {
     let Some(f16) = f16_device() else { return };
     check("demo model", &root().join("data/demo/model"), &f16);
     check("open_clip fixture", &root().join("tests/fixtures/open_clip"), &f16);
-}
-
-/// Drives a future to completion on this thread.
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::yield_now();
-    }
 }
 
 /// The page trains in f32 only (in f16 the loss turned NaN at the second step: Burn has no mixed

@@ -2,10 +2,10 @@
 //! split, steps, validation, the adapter file (export, import, parity of predictions) and its
 //! errors.
 
-use std::future::Future;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use clipit::backend::Backend;
 use clipit::embed::embed_texts;
@@ -16,21 +16,7 @@ use clipit::train::classifier::Classifier;
 use clipit::train::session::{LabelledImages, ReportTargets, SessionOptions, TrainSession};
 use clipit::weights::SafeTensors;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Drives a future to completion on this thread (the CPU backend's reads resolve at once).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::yield_now();
-    }
-}
+use common::{block_on, root};
 
 fn model(name: &str) -> Model {
     let device = Backend::Cpu.device().unwrap();

@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests that run the `clipit` binary.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::task::{Context, Poll, Waker};
 
 /// The repository root (tests run with it as the working directory too).
 pub fn root() -> PathBuf {
@@ -45,5 +47,18 @@ pub fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Drives a future to completion on this thread (the page's async API natively: the CPU
+/// backend's reads resolve at once, wgpu's after polling).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
     }
 }
