@@ -60,9 +60,10 @@ pub fn check_trainable(dtype: WeightDtype) -> Result<(), String> {
     match dtype {
         WeightDtype::F32 => Ok(()),
         WeightDtype::F16 => {
-            Err("training needs f32 weights, and this model's are f16 (in f16 the \
-                                 loss turns NaN within a few steps): open the page with ?dtype=f32 \
-                                 to train; an adapter trained there imports onto f16 weights"
+            Err("training needs f32 weights, and this model's are f16 (in f16 the loss turns \
+                 NaN within a few steps): load the model with f32 weights (the page restarts its \
+                 engine that way when a training starts; ?dtype=f32 keeps f32 from the start); \
+                 an adapter trained in f32 imports onto f16 weights"
                 .to_string())
         }
     }

@@ -9,7 +9,8 @@ import { entriesOf, headOf, someNames, topLevel } from './files.js';
 import { exportCsv } from './export.js';
 import { initModels } from './models.js';
 import { initHow } from './how.js';
-import { initDeviceLost } from './device.js';
+import { initDeviceLost, initTrainableWeights } from './device.js';
+import { initDetail } from './detail.js';
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
@@ -40,6 +41,8 @@ const app = {
   demo: null, // the demo bundle's index, when the server has one
   timings: {}, // milliseconds of the last operations, by name
   busy: 0,
+  dtype: null, // 'f32' once a training restarted the engine off f16 weights (device.js)
+  dtypeNote: null, // why the weights are not the dtype the adapter would choose
   warmUp: new URLSearchParams(location.search).get('warmup') || 'auto', // 'always': on software adapters too
   call,
 };
@@ -88,19 +91,25 @@ function call(type, args = {}, { transfer = [], onProgress } = {}) {
   });
 }
 
-// After a Rust panic the wasm instance is unusable: start a fresh worker and restore the inputs.
-async function restartWorker(reason) {
+/** Replaces the worker by a fresh one and sends it the page's tiles, corpus and labelled tiles
+ * again; the model is gone with the old worker. Used after a Rust panic (the wasm instance is
+ * unusable) and to change the weights' dtype, which is fixed once WebGPU starts (device.js). */
+async function replaceWorker() {
   worker.terminate();
   for (const [, req] of pending) req.reject(new Error('the engine restarted'));
   pending.clear();
   app.model = null;
   renderModel();
-  setStatus(`The engine stopped (${reason}); restarting it.`, 'error');
   startWorker();
   await initBackend();
   await sendTiles(app.tiles);
   if (app.corpus) await sendCorpus(app.corpus.file);
   await train.resend();
+}
+
+async function restartWorker(reason) {
+  setStatus(`The engine stopped (${reason}); restarting it.`, 'error');
+  await replaceWorker();
   setStatus(`The engine stopped after an internal error (${reason}) and was restarted: load the model again.`, 'error');
 }
 
@@ -151,8 +160,11 @@ const fmtMs = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.roun
 async function initBackend() {
   const prefer = $('#backend').value;
   try {
-    const q = new URLSearchParams(location.search); // ?dtype=f32|f16 (WebGPU weights), ?debug=1 (test hooks)
-    app.backend = await call('init', { prefer, dtype: q.get('dtype'), debug: q.get('debug') === '1' });
+    // ?dtype=f32|f16: the WebGPU weights (app.dtype once training switched them to f32);
+    // ?debug=1: test hooks (with ?debug_f16=1: a WebGPU model reports f16 weights, as on shader-f16 adapters).
+    const q = new URLSearchParams(location.search);
+    const debug = q.get('debug') === '1';
+    app.backend = await call('init', { prefer, dtype: app.dtype || q.get('dtype'), debug, debugF16: debug && q.get('debug_f16') === '1' });
   } catch (err) {
     if (prefer === 'webgpu') {
       // WebGPU was asked for and is unusable: say so, and go back to the automatic choice.
@@ -235,7 +247,7 @@ function renderModel() {
     ['Input', `${m.image_size} × ${m.image_size} px, patch ${m.patch_size}`],
     ['Text encoder', m.has_text ? `yes (context ${m.context_length})` : 'no: image features only'],
     ['Backend', m.backend === 'webgpu' ? 'WebGPU' : 'CPU (WebAssembly)'],
-    ['Weights', `${m.dtype}${app.backend && app.backend.dtype_note ? ` (${app.backend.dtype_note})` : ''}`],
+    ['Weights', `${m.dtype}${(app.backend && app.backend.dtype_note) || app.dtypeNote ? ` (${(app.backend && app.backend.dtype_note) || app.dtypeNote})` : ''}`],
     ...(m.backend === 'webgpu' && app.backend && app.backend.gpu
       ? [['Adapter', `${[app.backend.gpu.vendor, app.backend.gpu.architecture].filter(Boolean).join(' ') || 'unnamed'}${app.backend.gpu.isFallbackAdapter ? ' (software fallback)' : ''}`]]
       : []),
@@ -363,7 +375,7 @@ function renderGrid() {
         el('span', { class: 'tile-conf', text: pred ? `${(conf * 100).toFixed(1)}%` : '' }),
         t.error ? el('span', { class: 'tile-error', text: t.error.replace(`${t.name}: `, '') }) : bar,
       );
-      card.addEventListener('click', () => openDetail(t.id));
+      card.addEventListener('click', () => detail.open(t.id));
       return el('li', {}, card);
     }),
   );
@@ -441,46 +453,6 @@ async function setCorpus(file) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Detail view.
-
-let detailId = null;
-
-function openDetail(id) {
-  const t = app.tiles.find((x) => x.id === id);
-  if (!t) return;
-  detailId = id;
-  $('#detail-title').textContent = t.name;
-  const img = $('#detail-image');
-  img.alt = t.name;
-  img.onerror = () => fallbackThumbnail(t, img);
-  img.src = t.thumb || t.url;
-  const body = $('#detail-probs tbody');
-  if (t.probs) {
-    const order = t.probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
-    body.replaceChildren(
-      ...order.map(([p, i]) => {
-        const bar = el('span', { class: 'bar' }, el('span', {}));
-        bar.firstChild.style.setProperty('width', `${(p * 100).toFixed(2)}%`);
-        return el('tr', { class: i === t.prediction ? 'top' : '' }, el('th', { scope: 'row', text: app.classes[i] }), el('td', { text: `${(p * 100).toFixed(2)}%` }), el('td', { class: 'bar-cell' }, bar));
-      }),
-    );
-  } else body.replaceChildren(el('tr', {}, el('td', { text: t.error ? `This tile could not be read: ${t.error}` : 'Not classified yet.' })));
-  const reports = $('#detail-reports');
-  if (t.hits && t.hits.length) {
-    reports.replaceChildren(...t.hits.map((h) => el('li', {}, el('p', { class: 'report-meta', text: `#${h.rank} · report ${h.id} · cosine ${h.score.toFixed(4)}` }), el('p', { class: 'report-text', text: h.text }))));
-  } else reports.replaceChildren(el('li', { class: 'muted', text: app.corpus ? 'Not retrieved yet: press “Classify the tiles”.' : 'Pick a report corpus (step 3) to see the most similar reports.' }));
-  const dialog = $('#detail');
-  if (!dialog.open) dialog.showModal();
-}
-
-function stepDetail(delta) {
-  const list = visibleTiles();
-  const i = list.findIndex((t) => t.id === detailId);
-  if (i < 0 || !list.length) return;
-  openDetail(list[(i + delta + list.length) % list.length].id);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Wiring.
 
 function dropzone(node, onDrop) {
@@ -548,14 +520,6 @@ function wire() {
   for (const id of ['#sort', '#filter-class']) $(id).addEventListener('change', renderGrid);
   $('#filter-text').addEventListener('input', renderGrid);
   $('#export').addEventListener('click', () => exportCsv(ctx));
-  $('#detail-close').addEventListener('click', () => $('#detail').close());
-  $('#detail-prev').addEventListener('click', () => stepDetail(-1));
-  $('#detail-next').addEventListener('click', () => stepDetail(1));
-  $('#detail').addEventListener('keydown', (e) => {
-    if (e.key === 'ArrowLeft') stepDetail(-1);
-    if (e.key === 'ArrowRight') stepDetail(1);
-  });
-  $('#detail').addEventListener('click', (e) => e.target === $('#detail') && $('#detail').close());
   // Dropping a file outside a drop zone must not navigate away from the page.
   for (const type of ['dragover', 'drop']) window.addEventListener(type, (e) => e.preventDefault());
 }
@@ -590,11 +554,13 @@ async function main() {
 }
 
 // What train.js and demo.js use.
-const ctx = { app, $, el, call, busy, setStatus, fmtMs, loadModel, addTiles, setCorpus, classify, renderGrid, renderBackend, updateButtons, entriesOf };
+const ctx = { app, $, el, call, busy, setStatus, fmtMs, loadModel, addTiles, setCorpus, classify, renderGrid, renderBackend, updateButtons, entriesOf, replaceWorker, fallbackThumbnail, visibleTiles };
 const train = initTrain(ctx);
+const detail = initDetail(ctx);
 const models = initModels(ctx);
 initMap(ctx);
 initHow(ctx);
 const deviceLost = initDeviceLost(ctx);
+ctx.trainableWeights = initTrainableWeights(ctx);
 
 main();

@@ -36,3 +36,37 @@ export function initDeviceLost(ctx) {
     }
   };
 }
+
+// Training needs f32 weights: in f16 the loss turns NaN within a few steps (Burn has no mixed
+// precision), and the engine refuses it (src/precision.rs). On adapters with shader-f16 the page
+// loads f16 weights by default, and the weights' dtype is fixed once WebGPU starts in a worker;
+// so when a training starts on f16 weights, the page replaces the worker by one started with
+// f32 weights, loads the model again from the files it holds, puts the trained or imported
+// adapter back, and then trains. The tab keeps f32 weights from then on (the Model panel says why).
+
+/** Returns `ensure()`: true once the model's weights can train (after a switch to f32 if needed). */
+export function initTrainableWeights(ctx) {
+  const { app, setStatus } = ctx;
+
+  return async function ensure() {
+    if (!app.model || app.model.dtype !== 'f16') return true;
+    if (!app.modelFiles) {
+      setStatus('Training needs f32 weights and this model has f16 ones: load it again with the page opened as ?dtype=f32.', 'error');
+      return false;
+    }
+    const trained = app.trained;
+    const { name, files } = app.modelFiles;
+    setStatus(`Training needs f32 weights: restarting the engine and loading ${name} again with f32 weights…`);
+    app.dtype = 'f32';
+    app.dtypeNote = 'f32 for training: the engine restarted off f16 weights';
+    try {
+      await ctx.replaceWorker();
+      await ctx.loadModel(name, files, { cache: false });
+      if (trained && trained.bytes && app.model) await app.trainPanel.importBytes(trained.name, trained.bytes.slice(0), trained.source);
+    } catch (err) {
+      setStatus(`Switching to f32 weights for training failed: ${err.message}`, 'error');
+      return false;
+    }
+    return Boolean(app.model && app.model.dtype === 'f32');
+  };
+}

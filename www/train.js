@@ -181,6 +181,14 @@ export function initTrain(ctx) {
   // ---- the session ----
   async function start() {
     T.state = 'preparing';
+    buttons();
+    // f16 weights cannot train: the engine restarts with f32 ones first (device.js).
+    if (!(await ctx.trainableWeights())) {
+      T.state = 'idle';
+      buttons();
+      return;
+    }
+    T.state = 'preparing';
     T.error = null;
     T.report = null;
     $('#train-result').hidden = true;

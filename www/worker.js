@@ -9,6 +9,7 @@ let corpus = null; // {name, bytes: Uint8Array}
 let labelled = null; // training tiles: {classes, names, labels: Uint32Array, bytes: Uint8Array[]}
 let crashed = null; // set after a Rust panic: the module cannot be trusted any more
 let debug = false; // test hooks (the page's ?debug=1)
+let debugF16Weights = false; // test hook: pretend WebGPU weights are f16 (see init)
 
 function post(msg, transfer) {
   self.postMessage(msg, transfer || []);
@@ -42,9 +43,12 @@ function selection(ids) {
 }
 
 const handlers = {
-  async init({ prefer, dtype, debug: withHooks }) {
+  async init({ prefer, dtype, debug: withHooks, debugF16 }) {
     debug = Boolean(withHooks);
     const info = await clipit.init(prefer || 'auto', dtype || null);
+    // Test hook (?debug=1&debug_f16=1): WebGPU models report f16 weights and refuse to train, as
+    // on an adapter with shader-f16 (SwiftShader has none), unless f32 was asked for.
+    debugF16Weights = debug && Boolean(debugF16) && dtype !== 'f32';
     info.gpu = info.backend === 'webgpu' || info.adapter ? await adapterFacts() : null;
     info.version = clipit.version();
     info.templates = clipit.default_templates();
@@ -71,6 +75,7 @@ const handlers = {
   async loadModel({ name, files }) {
     const map = new Map(files.map((f) => [f.name, new Uint8Array(f.buffer)]));
     const info = await clipit.load_model(map, name);
+    if (debugF16Weights && info.backend === 'webgpu') info.dtype = 'f16';
     return info;
   },
 
@@ -149,6 +154,7 @@ const handlers = {
   async trainPrepare({ options }, progress) {
     if (!labelled) throw new Error('add labelled tiles (one sub-folder per class) first');
     if (!corpus) throw new Error('pick a report corpus (step 3) first: CLIP-IT pairs each tile with a report');
+    if (debugF16Weights) throw new Error('training needs f32 weights, and this model\'s are f16 (simulated by ?debug_f16=1)');
     return clipit.train_prepare(labelled.bytes, labelled.names, labelled.labels, labelled.classes, corpus.bytes, corpus.name, options, progress);
   },
 

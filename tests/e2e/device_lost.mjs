@@ -8,7 +8,9 @@
 //     the same top classes, probabilities within 1e-3 of those before, and the training's
 //     checkpoint is offered and resumes (its adapter classifies the tiles on the CPU);
 //   - ?dtype=f16 is refused with a clear message (the weights stay f32), and without ?debug=1 the
-//     hook is refused.
+//     hook is refused;
+//   - a training started on f16 weights (simulated: ?debug_f16=1) restarts the engine with f32
+//     weights, loads the model again and trains to the end on WebGPU.
 // Run by e2e.mjs in its WebGPU scenario; alone: `node tests/e2e/device_lost.mjs` with E2E_REF
 // (a folder with classes.txt) and E2E_DEMO set as run.sh sets them.
 import path from 'node:path';
@@ -108,6 +110,31 @@ async function checkDtypeFlag(page, origin) {
   check(/needs the page opened with \?debug=1/.test(refused), `without ?debug=1 the device-loss hook is refused: ${refused}`);
 }
 
+// Training on f16 weights (adapters with shader-f16 get them by default): the page restarts its
+// engine with f32 weights, loads the demo again, and trains. SwiftShader has no shader-f16, so
+// ?debug_f16=1 makes the worker report the WebGPU weights as f16 and refuse to train on them,
+// as the engine does on real f16 weights (src/precision.rs, tested natively on lavapipe).
+async function checkF16Training(page, origin) {
+  await page.goto(`${origin}/?debug=1&debug_f16=1`);
+  await demoLoaded(page, 'the demo bundle loads with (simulated) f16 weights');
+  const panel = await modelPanel(page);
+  check(panel.Weights === 'f16' && /^WebGPU/.test(panel.Backend || ''), `the Model panel shows f16 weights on WebGPU (${panel.Weights})`);
+  const before = await tileProbs(page);
+  for (const [id, v] of Object.entries({ '#hp-epochs': 2, '#hp-batch': 4, '#hp-val-every': 0 })) await page.fill(id, String(v));
+  const t0 = Date.now();
+  await page.click('#train-start');
+  await page.waitForFunction(() => ['done', 'idle'].includes(window.clipitApp.train.state) && window.clipitApp.busy === 0 && window.clipitApp.model, null, { timeout: STEP_TIMEOUT, polling: 100 });
+  const ms = Date.now() - t0;
+  const t = await page.evaluate(() => ({ state: window.clipitApp.train.state, error: window.clipitApp.train.error, dtype: window.clipitApp.dtype, trained: Boolean(window.clipitApp.trained), backend: window.clipitApp.model.backend }));
+  check(t.state === 'done' && !t.error && t.trained, `the training ran to the end after the switch (state ${t.state}${t.error ? `, ${t.error}` : ''})`);
+  const after = await modelPanel(page);
+  check(t.dtype === 'f32' && after.Weights === 'f32 (f32 for training: the engine restarted off f16 weights)', `the weights are f32 now, and the Model panel says why: ${after.Weights}`);
+  check(t.backend === 'webgpu' && /^WebGPU/.test(after.Backend || ''), `the model stays on WebGPU (${after.Backend})`);
+  const tiles = await tileProbs(page);
+  check(tiles.length === before.length && tiles.every((x) => x.probs), `the ${tiles.length} tiles were sent to the new engine and classified by the trained adapter`);
+  return ms;
+}
+
 /** The checks on scenario `sc` (WebGPU), against the e2e server on `port`. */
 export async function runDeviceLost(sc, port) {
   log(`\n== scenario ${sc.name}: the WebGPU device lost, and the weights' dtype`);
@@ -115,7 +142,8 @@ export async function runDeviceLost(sc, port) {
   try {
     const ms = await checkDeviceLost(page, origin);
     await checkDtypeFlag(page, origin);
-    return { device_lost_to_cpu_ms: ms };
+    const f16 = await checkF16Training(page, origin);
+    return { device_lost_to_cpu_ms: ms, f16_switch_and_train_ms: f16 };
   } finally {
     await close();
   }
