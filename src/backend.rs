@@ -71,11 +71,34 @@ fn cpu_device() -> Result<Device> {
     Err(missing("cpu"))
 }
 
+/// Sets cubecl's autotune level, before the first GPU device exists, to `full` unless the user
+/// chose one (`CUBECL_AUTOTUNE_LEVEL`, or a `cubecl.toml` with a level other than the default).
+///
+/// Every level measures each candidate kernel once per shape on the device (cached on disk);
+/// the lower ones first probe the device's peak throughput with two buffers of up to 1 GiB each,
+/// which SwiftShader refused (out of memory: a panic on cubecl's device thread, then a hang) and
+/// which doubled the wgpu parity tests' time on lavapipe. `full` skips that probe.
+/// A no-op without the `gpu-autotune` feature, or once cubecl has read its configuration.
+pub fn settle_gpu_autotune() {
+    #[cfg(all(feature = "gpu-autotune", not(target_arch = "wasm32")))]
+    {
+        use cubecl_runtime::config::{autotune::AutotuneLevel, CubeClRuntimeConfig, RuntimeConfig};
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        let chosen = std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_some()
+            || !matches!(config.autotune.level, AutotuneLevel::Balanced);
+        if !chosen {
+            config.autotune.level = AutotuneLevel::Full;
+        }
+        let _ = CubeClRuntimeConfig::try_set(config);
+    }
+}
+
 /// The wgpu runtime initialises once per process; later calls reuse its device.
 #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
 fn wgpu_device() -> Result<Device> {
     static DEVICE: std::sync::OnceLock<std::result::Result<Device, String>> =
         std::sync::OnceLock::new();
+    settle_gpu_autotune();
     DEVICE
         .get_or_init(|| {
             Device::wgpu_options().init().map_err(|e| format!("no usable wgpu adapter: {e}"))
@@ -91,6 +114,7 @@ fn wgpu_device() -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<Device> {
+    settle_gpu_autotune();
     Ok(Device::cuda(0))
 }
 

@@ -92,6 +92,7 @@ fn wgpu_device(which: &str) -> Result<Device> {
         "cpu" => DeviceKind::Cpu,
         n => DeviceKind::DiscreteGpu(index(n)?),
     };
+    crate::backend::settle_gpu_autotune();
     let mut cache = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
     cache
         .get_or_insert_with(HashMap::new)
@@ -113,6 +114,7 @@ fn wgpu_device(_which: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(n: &str) -> Result<Device> {
+    crate::backend::settle_gpu_autotune();
     Ok(Device::cuda(index(n)?))
 }
 
