@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use burn::tensor::Tensor;
-use js_sys::{Function, Uint8Array};
+use js_sys::{Float32Array, Function, Uint8Array};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
@@ -433,8 +433,11 @@ pub async fn classify(
 pub struct ImageEmbedding {
     /// The image's name.
     pub name: String,
-    /// Projected features before L2 normalisation (empty when the image could not be read).
-    pub embedding: Vec<f32>,
+    /// Projected features before L2 normalisation, a `Float32Array` (empty when the image could
+    /// not be read). Not a JavaScript array: serialising one number at a time took 2.4 s for a
+    /// batch of 8 × 512 (BENCHMARKS.md, "The page").
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    pub embedding: JsValue,
     /// Why the image could not be read.
     pub error: Option<String>,
 }
@@ -462,8 +465,14 @@ pub async fn embed_images(
         .into_iter()
         .zip(rows)
         .map(|(name, row)| match row {
-            Ok(r) => ImageEmbedding { name, embedding: r.to_vec(), error: None },
-            Err(e) => ImageEmbedding { name, embedding: vec![], error: Some(e) },
+            Ok(r) => {
+                ImageEmbedding { name, embedding: Float32Array::from(&r[..]).into(), error: None }
+            }
+            Err(e) => ImageEmbedding {
+                name,
+                embedding: Float32Array::new_with_length(0).into(),
+                error: Some(e),
+            },
         })
         .collect();
     to_js(&Out { dim: loaded.model.embed_dim, images, elapsed_ms: now_ms() - start })

@@ -103,7 +103,7 @@ async function pageScenario(name, port) {
         const out = await app.call('embedImages', { ids: items.map((t) => t.id) });
         const ms = performance.now() - t0;
         await app.call('removeTiles', { ids: items.map((t) => t.id) });
-        return { ms, elapsed_ms: out.elapsed_ms, errors: out.images.filter((i) => i.error).map((i) => i.error), embeds: out.images.flatMap((i) => i.embedding) };
+        return { ms, elapsed_ms: out.elapsed_ms, errors: out.images.filter((i) => i.error).map((i) => i.error), embeds: out.images.flatMap((i) => Array.from(i.embedding)) };
       }, items);
       check(r.errors.length === 0, `${k ? `run ${k}` : 'warm-up'}: ${BATCH} images in ${r.ms.toFixed(0)} ms${r.errors.length ? `: ${r.errors[0]}` : ''}`);
       if (k === 0) continue;
