@@ -239,6 +239,7 @@ function renderModel() {
   info.replaceChildren();
   info.hidden = !m;
   if (!m) return;
+  const weightsNote = (app.backend && app.backend.dtype_note) || app.dtypeNote;
   const rows = [
     ['Checkpoint', m.name],
     ['Architecture', m.architecture],
@@ -247,7 +248,7 @@ function renderModel() {
     ['Input', `${m.image_size} × ${m.image_size} px, patch ${m.patch_size}`],
     ['Text encoder', m.has_text ? `yes (context ${m.context_length})` : 'no: image features only'],
     ['Backend', m.backend === 'webgpu' ? 'WebGPU' : 'CPU (WebAssembly)'],
-    ['Weights', `${m.dtype}${(app.backend && app.backend.dtype_note) || app.dtypeNote ? ` (${(app.backend && app.backend.dtype_note) || app.dtypeNote})` : ''}`],
+    ['Weights', `${m.dtype}${weightsNote ? ` (${weightsNote})` : ''}`],
     ...(m.backend === 'webgpu' && app.backend && app.backend.gpu
       ? [['Adapter', `${[app.backend.gpu.vendor, app.backend.gpu.architecture].filter(Boolean).join(' ') || 'unnamed'}${app.backend.gpu.isFallbackAdapter ? ' (software fallback)' : ''}`]]
       : []),
