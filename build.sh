@@ -93,7 +93,21 @@ setup_web() {
   fi
 }
 
-# Builds pkg/clipit.js + pkg/clipit_bg.wasm. No wasm-opt: Debian's binaryen breaks the module.
+# The multithreaded CPU engine needs nightly Rust with its sources (std rebuilt with atomics).
+setup_web_threads() {
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    log "installing nightly Rust (for the page's multithreaded CPU engine)"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    log "adding rust-src to nightly (std is rebuilt with wasm atomics)"
+    rustup component add rust-src --toolchain nightly
+  fi
+}
+
+# Builds pkg/clipit.js + pkg/clipit_bg.wasm (WebGPU + one-thread CPU) and pkg/mt/ (the
+# multithreaded CPU engine: wasm threads, shared memory up to 4 GiB; CLIPIT_SKIP_WEB_THREADS=1
+# skips it). No wasm-opt: Debian's binaryen breaks the module.
 build_web() {
   setup_web
   log "building the browser module (profile web; a cold build takes ~20 min on 2 cores)"
@@ -101,6 +115,30 @@ build_web() {
     --no-default-features --features web --lib --profile web
   wasm-bindgen --target web --out-dir pkg "$WASM_TARGET_DIR/wasm32-unknown-unknown/web/clipit.wasm"
   log "pkg/: $(du -h pkg/clipit_bg.wasm | cut -f1) clipit_bg.wasm"
+  if [ "${CLIPIT_SKIP_WEB_THREADS:-0}" = 1 ]; then
+    rm -rf pkg/mt
+    return 0
+  fi
+  setup_web_threads
+  log "building the multithreaded CPU engine (nightly, std rebuilt with atomics; a cold build takes ~25 min)"
+  local mt_dir="${CLIPIT_WASM_MT_TARGET_DIR:-$HOME/.cache/clipit/target-wasm-mt}"
+  # The linker arguments (shared, imported memory; the TLS symbols wasm-bindgen's thread support
+  # needs) go to clipit's own link only, after `--`.
+  RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals -C link-arg=--max-memory=4294967296" \
+    CARGO_TARGET_DIR="$mt_dir" cargo +nightly rustc --target wasm32-unknown-unknown \
+    -Z build-std=panic_abort,std --no-default-features --features web-threads --lib --profile web -- \
+    -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--export=__wasm_init_tls \
+    -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
+  rm -rf pkg/mt
+  wasm-bindgen --target web --out-dir pkg/mt "$mt_dir/wasm32-unknown-unknown/web/clipit.wasm"
+  # wasm-bindgen-rayon's pool workers import the module as '../../..', a bundler's package path;
+  # served as files (no bundler) that is a folder, so they are pointed at the module itself.
+  local helpers
+  helpers="$(ls pkg/mt/snippets/wasm-bindgen-rayon-*/src/workerHelpers.js)"
+  grep -q "import('../../..')" "$helpers" ||
+    { echo "build.sh: $helpers no longer imports '../../..': check wasm-bindgen-rayon's worker" >&2; exit 1; }
+  sed -i "s#import('../../..')#import('../../../clipit.js')#" "$helpers"
+  log "pkg/mt/: $(du -h pkg/mt/clipit_bg.wasm | cut -f1) clipit_bg.wasm (multithreaded CPU)"
 }
 
 serve() {

@@ -9,13 +9,14 @@
 #   - the page on WebGPU (headless Chromium's only adapter here: SwiftShader) vs native `clipit bench
 #     --backend wgpu` on the same software Vulkan driver (Chromium's libvk_swiftshader.so through
 #     VK_ICD_FILENAMES) and on Mesa lavapipe (the default Vulkan driver here);
-#   - the page's CPU fallback (wasm, 1 thread) vs transformers.js 4 (onnxruntime-web, wasm SIMD, 1 and
-#     2 threads) on the ONNX export of the same tower (tests/reference/export_onnx.py), with a check
-#     that both give the same embeddings (1e-3).
+#   - the page's CPU fallback (wasm: its multithreaded engine; cpu1: the one-thread one) vs
+#     transformers.js 4 (onnxruntime-web, wasm SIMD, 1 and 2 threads) on the ONNX export of the
+#     same tower (tests/reference/export_onnx.py), with a check that both give the same embeddings
+#     (1e-3).
 # Needs pkg/ (./build.sh web), the CLI ($CARGO_TARGET_DIR/debug/clipit, ./build.sh cli), Chromium,
 # tests/e2e/node_modules (tests/e2e/run.sh installs it) and Python with torch, transformers and onnx.
 # Installs transformers.js into tests/bench_page/node_modules (npm ci --ignore-scripts; ~480 MB).
-# Environment: BP_SCENARIOS (cpu,webgpu,tjs1,tjs2), BP_NATIVE (lavapipe,swiftshader; empty: none),
+# Environment: BP_SCENARIOS (cpu,cpu1,webgpu,tjs1,tjs2; cpu1: ?threads=0), BP_NATIVE (lavapipe,swiftshader; empty: none),
 # BP_RUNS, BP_FLAGS_<SCENARIO> (extra Chromium flags, JSON), CHROMIUM. Slow on a machine without a GPU:
 # the CPU rows take ~10 minutes, but on SwiftShader each WebGPU batch took ~30 minutes and native
 # wgpu's batches after the first did not finish in minutes (BENCHMARKS.md, "The page (browser)").
@@ -71,7 +72,8 @@ python3 - "$ROWS" <<'EOF'
 import json, sys
 rows = {r["scenario"]: r["images_per_sec"] for r in map(json.loads, open(sys.argv[1]))}
 pairs = [("page-webgpu", "native-wgpu-swiftshader", 0.7), ("page-webgpu", "native-wgpu-lavapipe", 0.7),
-         ("page-cpu", "transformers.js-wasm-1t", 1.0), ("page-cpu", "transformers.js-wasm-2t", 1.0)]
+         ("page-cpu", "transformers.js-wasm-1t", 1.0), ("page-cpu", "transformers.js-wasm-2t", 1.0),
+         ("page-cpu1", "transformers.js-wasm-1t", 1.0)]
 for a, b, target in pairs:
     if a in rows and b in rows:
         print(f"{a} / {b}: {rows[a]:.3f} / {rows[b]:.3f} img/s = {rows[a] / rows[b]:.3f} (target >= {target})")

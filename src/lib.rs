@@ -27,5 +27,5 @@ pub mod zeroshot;
 
 pub use error::{Error, Result};
 
-#[cfg(all(feature = "web", target_arch = "wasm32"))]
+#[cfg(all(feature = "web-core", target_arch = "wasm32"))]
 pub mod web;

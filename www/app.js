@@ -9,7 +9,7 @@ import { entriesOf, headOf, someNames, topLevel } from './files.js';
 import { exportCsv } from './export.js';
 import { initModels } from './models.js';
 import { initHow } from './how.js';
-import { initDeviceLost, initTrainableWeights } from './device.js';
+import { engineFor, initDeviceLost, initTrainableWeights } from './device.js';
 import { initDetail } from './detail.js';
 
 const $ = (sel) => document.querySelector(sel);
@@ -53,11 +53,14 @@ let tileSeq = 0;
 // The worker.
 
 let worker;
+let workerEngine = null; // the engine build the worker was started with: 'mt' or 'main' (device.js)
 let nextRequest = 1;
 const pending = new Map();
 
-function startWorker() {
-  worker = new Worker('worker.js', { type: 'module' });
+function startWorker(engine) {
+  workerEngine = engine;
+  const threads = Number(new URLSearchParams(location.search).get('threads')) || 0;
+  worker = new Worker(`worker.js?engine=${engine}${threads ? `&threads=${threads}` : ''}`, { type: 'module' });
   worker.onmessage = (event) => {
     const msg = event.data;
     if (msg.event === 'device-lost') return deviceLost(msg.reason);
@@ -94,13 +97,13 @@ function call(type, args = {}, { transfer = [], onProgress } = {}) {
 /** Replaces the worker by a fresh one and sends it the page's tiles, corpus and labelled tiles
  * again; the model is gone with the old worker. Used after a Rust panic (the wasm instance is
  * unusable) and to change the weights' dtype, which is fixed once WebGPU starts (device.js). */
-async function replaceWorker() {
+async function replaceWorker(engine = workerEngine) {
   worker.terminate();
   for (const [, req] of pending) req.reject(new Error('the engine restarted'));
   pending.clear();
   app.model = null;
   renderModel();
-  startWorker();
+  startWorker(engine);
   await initBackend();
   await sendTiles(app.tiles);
   if (app.corpus) await sendCorpus(app.corpus.file);
@@ -159,6 +162,12 @@ const fmtMs = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.roun
 
 async function initBackend() {
   const prefer = $('#backend').value;
+  // Another engine build for this backend: a new worker (replaceWorker comes back here).
+  const engine = await engineFor(prefer);
+  if (engine !== workerEngine) {
+    await replaceWorker(engine);
+    return Boolean(app.backend);
+  }
   try {
     // ?dtype=f32|f16: the WebGPU weights (app.dtype once training switched them to f32);
     // ?debug=1: test hooks (with ?debug_f16=1: a WebGPU model reports f16 weights, as on shader-f16 adapters).
@@ -183,13 +192,19 @@ async function initBackend() {
   return true;
 }
 
+/** The CPU backend as the page names it, with its threads when there are several. */
+function cpuName() {
+  const threads = (app.backend && app.backend.cpu_threads) || 1;
+  return `CPU (WebAssembly${threads > 1 ? `, ${threads} threads` : ''})`;
+}
+
 function renderBackend() {
   const b = app.backend;
   const badge = $('#backend-badge');
   if (!b) return;
   const gpu = b.gpu ? [b.gpu.vendor, b.gpu.architecture].filter(Boolean).join(' ') : '';
   const where = (app.model && app.model.backend) || b.backend;
-  badge.textContent = where === 'webgpu' ? `WebGPU${gpu ? ` (${gpu}${b.gpu.isFallbackAdapter ? ', software' : ''})` : ''}` : 'CPU (WebAssembly)';
+  badge.textContent = where === 'webgpu' ? `WebGPU${gpu ? ` (${gpu}${b.gpu.isFallbackAdapter ? ', software' : ''})` : ''}` : cpuName();
   badge.dataset.backend = where;
   badge.title = b.reason || '';
 }
@@ -247,7 +262,7 @@ function renderModel() {
     ['Embedding', `${m.embed_dim} dimensions`],
     ['Input', `${m.image_size} × ${m.image_size} px, patch ${m.patch_size}`],
     ['Text encoder', m.has_text ? `yes (context ${m.context_length})` : 'no: image features only'],
-    ['Backend', m.backend === 'webgpu' ? 'WebGPU' : 'CPU (WebAssembly)'],
+    ['Backend', m.backend === 'webgpu' ? 'WebGPU' : cpuName()],
     ['Weights', `${m.dtype}${weightsNote ? ` (${weightsNote})` : ''}`],
     ...(m.backend === 'webgpu' && app.backend && app.backend.gpu
       ? [['Adapter', `${[app.backend.gpu.vendor, app.backend.gpu.architecture].filter(Boolean).join(' ') || 'unnamed'}${app.backend.gpu.isFallbackAdapter ? ' (software fallback)' : ''}`]]
@@ -529,7 +544,7 @@ async function main() {
   const wanted = new URLSearchParams(location.search).get('backend');
   if (['auto', 'webgpu', 'cpu'].includes(wanted)) $('#backend').value = wanted;
   wire();
-  startWorker();
+  startWorker(await engineFor($('#backend').value));
   document.body.dataset.busy = '1';
   if (await initBackend()) {
     const b = app.backend;
@@ -537,7 +552,7 @@ async function main() {
     setStatus(
       b.backend === 'webgpu'
         ? `Ready: WebGPU is available${software ? ' through a software adapter, which can be slower than the CPU for large models (switch “Compute on” to CPU if so)' : ''}. Load a model to begin.`
-        : `Ready on the CPU (${b.reason}). Load a model to begin.`,
+        : `Ready on the ${cpuName()}: ${b.reason}. Load a model to begin.`,
     );
     if (b.dtype_note) setStatus(b.dtype_note, 'error');
   }

@@ -70,3 +70,24 @@ export function initTrainableWeights(ctx) {
     return Boolean(app.model && app.model.dtype === 'f32');
   };
 }
+
+// Which build of the engine a worker runs (worker.js): the multithreaded CPU one (pkg/mt/: wasm
+// threads, a rayon pool of Web Workers) wherever models will run on the CPU and the page is
+// cross-origin isolated, which wasm threads need; the WebGPU one (its CPU fallback on one thread)
+// otherwise. `?threads=0` keeps the one-thread engine; `?threads=N` sizes the pool (worker.js).
+let adapterFound = null;
+
+/** 'mt' or 'main' for the backend preference `prefer` ('auto', 'webgpu' or 'cpu'). */
+export async function engineFor(prefer) {
+  if (!self.crossOriginIsolated || new URLSearchParams(location.search).get('threads') === '0') return 'main';
+  if (prefer === 'cpu') return 'mt';
+  if (prefer === 'webgpu') return 'main';
+  adapterFound ??= (async () => {
+    try {
+      return Boolean(navigator.gpu && (await navigator.gpu.requestAdapter()));
+    } catch {
+      return false;
+    }
+  })();
+  return (await adapterFound) ? 'main' : 'mt';
+}

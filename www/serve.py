@@ -13,7 +13,10 @@ module, text/javascript for the worker) and a Content-Security-Policy that lets 
 this origin only (`connect-src 'self'`). `--allow-origin https://host` (repeatable) adds that
 origin, and nothing else, to `connect-src`, so that the page's "Load from a URL" can fetch a model
 from it (the other server must also send CORS headers). A Content-Security-Policy sent as a header
-cannot be widened by the page at run time, so this is the one switch. Port 0 picks a free port;
+cannot be widened by the page at run time, so this is the one switch. The page is served
+cross-origin isolated (COOP `same-origin`, COEP `require-corp`): the multithreaded CPU engine
+(pkg/mt/, wasm threads) needs it; a model fetched from another origin then needs that server's
+CORS headers, as it already did. Port 0 picks a free port;
 the first line on stdout says which.
 """
 import argparse
@@ -127,6 +130,10 @@ def make_handler(www, pkg, demo, csp=CSP):
             self.send_header("Content-Security-Policy", csp)
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Referrer-Policy", "no-referrer")
+            # Cross-origin isolation: wasm threads (the multithreaded CPU engine, pkg/mt/) need
+            # SharedArrayBuffer, which browsers only give an isolated page.
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
 

@@ -1,8 +1,12 @@
-// The engine: runs the wasm module (pkg/clipit.js) off the page's thread so the page never
-// freezes. The page sends {id, type, ...args}; the worker answers {id, ok, result | error} and,
-// while working, {id, progress: {stage, done, total}}. Requests run one at a time, in order.
-// Tiles and the report corpus are kept here so that they cross from the page only once.
-import wasmInit, * as clipit from './pkg/clipit.js';
+// The engine: runs the wasm module off the page's thread so the page never freezes. The page
+// sends {id, type, ...args}; the worker answers {id, ok, result | error} and, while working,
+// {id, progress: {stage, done, total}}. Requests run one at a time, in order. Tiles and the
+// report corpus are kept here so that they cross from the page only once.
+//
+// Two builds of the engine: pkg/clipit.js (WebGPU, and the CPU on one thread) and pkg/mt/clipit.js
+// (the CPU only, its matrix products on a rayon pool of Web Workers: wasm threads, which need the
+// page cross-origin isolated). The page picks one per worker (worker.js?engine=mt|main, app.js);
+// when the multithreaded one cannot start, this worker runs the other and says why.
 
 const tiles = new Map(); // tile id -> {name, bytes: Uint8Array}
 let corpus = null; // {name, bytes: Uint8Array}
@@ -10,13 +14,41 @@ let labelled = null; // training tiles: {classes, names, labels: Uint32Array, by
 let crashed = null; // set after a Rust panic: the module cannot be trusted any more
 let debug = false; // test hooks (the page's ?debug=1)
 let debugF16Weights = false; // test hook: pretend WebGPU weights are f16 (see init)
+let clipit = null; // the engine's module
+const engine = { kind: 'main', note: null }; // which build runs, and why not the one asked for
 
 function post(msg, transfer) {
   self.postMessage(msg, transfer || []);
 }
 
+// Threads for the multithreaded engine: the page's ?threads=N, else every logical core the
+// browser reports (at most 16).
+const params = new URL(self.location.href).searchParams;
+const threadCount = () => Math.max(1, Math.min(Number(params.get('threads')) || self.navigator.hardwareConcurrency || 1, 16));
+
+async function startEngine(kind) {
+  if (kind === 'mt') {
+    try {
+      if (!self.crossOriginIsolated) throw new Error('the page is not cross-origin isolated (COOP + COEP headers)');
+      const mt = await import('./pkg/mt/clipit.js');
+      await mt.default();
+      await mt.initThreadPool(threadCount());
+      clipit = mt;
+      engine.kind = 'mt';
+      return;
+    } catch (err) {
+      engine.note = `the multithreaded CPU engine could not start (${(err && err.message) || err}); the CPU runs on one thread`;
+      console.warn(`clipit: ${engine.note}`);
+    }
+  }
+  clipit = await import('./pkg/clipit.js');
+  await clipit.default();
+  engine.kind = 'main';
+}
+
 // When the WebGPU device is lost the engine switches to the CPU and tells the page once.
-const ready = wasmInit().then(() => clipit.on_device_lost((reason) => post({ event: 'device-lost', reason })));
+const wanted = params.get('engine') === 'mt' ? 'mt' : 'main';
+const ready = startEngine(wanted).then(() => clipit.on_device_lost((reason) => post({ event: 'device-lost', reason })));
 
 // WebGPU adapter facts that the wasm side cannot see (vendor, architecture).
 async function adapterFacts() {
@@ -45,11 +77,16 @@ function selection(ids) {
 const handlers = {
   async init({ prefer, dtype, debug: withHooks, debugF16 }) {
     debug = Boolean(withHooks);
-    const info = await clipit.init(prefer || 'auto', dtype || null);
+    // The multithreaded engine has no WebGPU: the page starts it where the CPU is to be used.
+    const mtAuto = engine.kind === 'mt' && (prefer || 'auto') === 'auto';
+    const info = await clipit.init(mtAuto ? 'cpu' : prefer || 'auto', dtype || null);
+    if (mtAuto) Object.assign(info, { prefer: 'auto', reason: 'the browser offers no WebGPU adapter' });
     // Test hook (?debug=1&debug_f16=1): WebGPU models report f16 weights and refuse to train, as
     // on an adapter with shader-f16 (SwiftShader has none), unless f32 was asked for.
     debugF16Weights = debug && Boolean(debugF16) && dtype !== 'f32';
     info.gpu = info.backend === 'webgpu' || info.adapter ? await adapterFacts() : null;
+    info.engine = engine.kind;
+    info.engine_note = engine.note;
     info.version = clipit.version();
     info.templates = clipit.default_templates();
     return info;

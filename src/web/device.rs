@@ -1,7 +1,6 @@
 //! Choosing the device: WebGPU through burn-wgpu when the browser offers a usable adapter,
 //! otherwise burn-flex on the CPU, with the reason.
 
-use burn::tensor::wgpu::{wgpu, WgpuInitError};
 use burn::tensor::Device;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -13,6 +12,7 @@ use crate::precision::{choose_weight_dtype, WeightDtype};
 
 /// The WebGPU limits the kernels rely on, with the minimum each needs. Every adapter that
 /// implements WebGPU's defaults meets them; "compatibility mode" and some mobile adapters do not.
+#[cfg(feature = "wgpu")]
 const REQUIRED_LIMITS: &[(&str, u64)] = &[
     ("maxStorageBuffersPerShaderStage", 8),
     ("maxComputeInvocationsPerWorkgroup", 256),
@@ -35,6 +35,9 @@ pub struct BackendInfo {
     pub dtype: &'static str,
     /// Why that is not the dtype asked for (`?dtype=f16` on an adapter without `shader-f16`).
     pub dtype_note: Option<String>,
+    /// The threads the CPU backend runs its matrix products on: the rayon pool of the
+    /// multithreaded engine (`web-threads`), else 1.
+    pub cpu_threads: usize,
 }
 
 /// The WebGPU adapter's description and limits.
@@ -153,7 +156,15 @@ fn describe(engine: &Engine) -> BackendInfo {
         },
         dtype: dtype_of(engine, engine.backend).name(),
         dtype_note: engine.dtype_note.clone(),
+        cpu_threads: cpu_threads(),
     }
+}
+
+fn cpu_threads() -> usize {
+    #[cfg(feature = "web-threads")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "web-threads"))]
+    1
 }
 
 /// Whether the worker's global scope exposes `navigator.gpu`.
@@ -173,6 +184,19 @@ async fn try_webgpu() -> Result<WebGpu, String> {
     if !has_navigator_gpu() {
         return Err("this browser does not offer WebGPU here (navigator.gpu is missing)".into());
     }
+    acquire_webgpu().await
+}
+
+/// The multithreaded CPU engine (`web-threads`) has no WebGPU: the page loads the other engine
+/// when WebGPU is wanted.
+#[cfg(not(feature = "wgpu"))]
+async fn acquire_webgpu() -> Result<WebGpu, String> {
+    Err("this is the multithreaded CPU engine, built without WebGPU".into())
+}
+
+#[cfg(feature = "wgpu")]
+async fn acquire_webgpu() -> Result<WebGpu, String> {
+    use burn::tensor::wgpu::{wgpu, WgpuInitError};
     let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(|e| {
         web_sys::console::warn_1(&format!("clipit: WebGPU initialisation failed: {e}").into());
         match e {
@@ -186,8 +210,9 @@ async fn try_webgpu() -> Result<WebGpu, String> {
     let limits = setup.device.limits();
     check_limits(&limits)?;
     super::lost::watch(&setup.device);
+    let wgpu_device = setup.device.clone();
     Ok(WebGpu {
-        wgpu: setup.device.clone(),
+        destroy: std::rc::Rc::new(move || wgpu_device.destroy()),
         shader_f16: setup.device.features().contains(wgpu::Features::SHADER_F16),
         dtype: Default::default(),
         device,
@@ -198,7 +223,8 @@ async fn try_webgpu() -> Result<WebGpu, String> {
     })
 }
 
-fn check_limits(limits: &wgpu::Limits) -> Result<(), String> {
+#[cfg(feature = "wgpu")]
+fn check_limits(limits: &burn::tensor::wgpu::wgpu::Limits) -> Result<(), String> {
     for &(name, min) in REQUIRED_LIMITS {
         let have = match name {
             "maxStorageBuffersPerShaderStage" => {

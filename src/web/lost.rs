@@ -11,7 +11,6 @@
 use std::cell::RefCell;
 use std::sync::Mutex;
 
-use burn::tensor::wgpu::wgpu;
 use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -36,7 +35,8 @@ pub fn lost() -> Option<String> {
 /// Registers the device-lost callback on `device`. In the browser each registration is one more
 /// reaction to the device's `lost` promise, so burn's own (which marks the device poisoned)
 /// stays in place.
-pub fn watch(device: &wgpu::Device) {
+#[cfg(feature = "wgpu")]
+pub fn watch(device: &burn::tensor::wgpu::wgpu::Device) {
     device.set_device_lost_callback(|reason, message| {
         fall_back(device_lost_message(&format!("{reason:?}"), &message));
     });
@@ -96,7 +96,7 @@ pub async fn debug_lose_device() -> Result<JsValue, JsError> {
     let Some(Ok(gpu)) = engine.webgpu.as_ref() else {
         return Err(js_error("no WebGPU device to lose"));
     };
-    gpu.wgpu.destroy();
+    (gpu.destroy)();
     for _ in 0..100 {
         if let Some(reason) = lost() {
             return Ok(reason.into());

@@ -56,6 +56,10 @@ pub use train::{
     classify_trained, export_adapter, forget_classifier, import_adapter, labels_csv,
     train_checkpoint, train_prepare, train_step, train_stop,
 };
+/// Starts the multithreaded CPU engine's rayon pool of `numThreads` Web Workers (JavaScript:
+/// `await initThreadPool(n)`, once, before [`init`]); only in the `web-threads` build.
+#[cfg(feature = "web-threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
 
 /// Installs the panic hook so Rust panics reach the browser console.
 #[wasm_bindgen(start)]

@@ -8,7 +8,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use burn::tensor::wgpu::wgpu;
 use burn::tensor::{Device, Tensor};
 
 use crate::model::Model;
@@ -49,8 +48,8 @@ pub struct WebGpu {
     pub max_binding: u64,
     /// The device's `maxBufferSize`.
     pub max_buffer: u64,
-    /// The wgpu device under `device` (for the device-lost test hook).
-    pub wgpu: wgpu::Device,
+    /// Destroys the wgpu device under `device` (the device-lost test hook).
+    pub destroy: Rc<dyn Fn()>,
     /// Whether the device has the `shader-f16` feature.
     pub shader_f16: bool,
     /// The float type of weights on this device, fixed by the first [`crate::web::init`] that

@@ -1,7 +1,9 @@
 // Throughput of the page (scripts/bench_page.sh; a benchmark, not a test): image embedding of
 // the full-size random-init HF CLIP ViT-B/32 (BP_MODEL), batch BP_BATCH (8), 224 px, f32.
 // Scenarios (BP_SCENARIOS):
-//   cpu, webgpu  the real page (www/ and pkg/ under E2E_ROOT, through www/serve.py and its CSP): the
+//   cpu, cpu1,   the real page (cpu: its multithreaded CPU engine; cpu1: ?threads=0, one thread;
+//   cpumtN,      cpumtN: the multithreaded engine with ?threads=N;
+//   webgpu       webgpu: WebGPU) (www/ and pkg/ under E2E_ROOT, through www/serve.py and its CSP): the
 //                model goes in through the Model panel's file input, then the worker's embedImages
 //                request embeds a batch of PNG tiles: one warm-up batch, then BP_RUNS timed batches
 //                (distinct images: the page caches embeddings by content), timed from the page
@@ -80,7 +82,9 @@ async function pageScenario(name, port) {
   log(`\n== the page, ${name}`);
   const { page, origin, close } = await openBrowser({ flags: flags(name, name === 'webgpu' ? ['--enable-unsafe-webgpu'] : []) }, port);
   try {
-    await page.goto(`${origin}/?demo=0`);
+    // cpu1: the one-thread CPU engine (?threads=0); cpumtN: the multithreaded one with N threads.
+    const threads = name === 'cpu1' ? 0 : /^cpumt\d+$/.test(name) ? Number(name.slice(5)) : null;
+    await page.goto(`${origin}/?demo=0${threads === null ? '' : `&threads=${threads}`}`);
     await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120000 });
     const init = await page.evaluate(() => window.clipitApp.backend);
     check(init.backend === (name === 'webgpu' ? 'webgpu' : 'cpu'), `init chose ${init.backend}${init.reason ? ` (${init.reason})` : ''}`);
@@ -111,7 +115,7 @@ async function pageScenario(name, port) {
       elapsed_ms.push(r.elapsed_ms);
       if (k === 1) embeds = r.embeds;
     }
-    const adapter = init.gpu ? `${init.gpu.vendor} ${init.gpu.architecture}${init.gpu.isFallbackAdapter ? ' (fallback adapter)' : ''}` : 'wasm CPU (burn-flex, 1 thread)';
+    const adapter = init.gpu ? `${init.gpu.vendor} ${init.gpu.architecture}${init.gpu.isFallbackAdapter ? ' (fallback adapter)' : ''}` : `wasm CPU (burn-flex, ${init.engine === 'mt' ? `multithreaded engine, ${init.cpu_threads} threads` : '1 thread'})`;
     return { row: row(`page-${name}`, run_ms, { backend: model.backend, adapter, wasm_elapsed_ms: elapsed_ms.map((m) => Math.round(m)) }), embeds };
   } finally {
     await close();

@@ -30,6 +30,7 @@
 //     from a URL and the model cache (demo.mjs).
 // Shared helpers are in lib.mjs.
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { CLASSES, OUT, REF, ROOT, STEP_TIMEOUT, TOL, TOP_K, check, cliPairs, cliProbs, compareHits, compareProbs, compareTrained, dropItems, exportCsv, idle, log, nativePredictions, openBrowser, parseCsv, result, SCENARIOS, startServer } from './lib.mjs';
 import { runRealDemo } from './demo.mjs';
@@ -181,6 +182,10 @@ async function runScenario(sc, port) {
     check(backend.backend === sc.expect, `init chose ${backend.backend}`);
     if (sc.expect === 'cpu') check(Boolean(backend.reason), `the page says why it uses the CPU: ${backend.reason}`);
     if (sc.expect === 'cpu') check(/CPU/.test(await page.textContent('#backend-badge')), 'the badge shows the CPU');
+    // The CPU runs the multithreaded engine (pkg/mt/: the page is cross-origin isolated), on every core.
+    const cores = os.cpus().length;
+    if (sc.expect === 'cpu') check(backend.engine === 'mt' && backend.cpu_threads >= Math.min(2, cores), `the CPU runs the multithreaded engine (${backend.engine}, ${backend.cpu_threads} threads${backend.engine_note ? `; ${backend.engine_note}` : ''})`);
+    else check(backend.engine === 'main', `WebGPU runs the main engine (${backend.engine})`);
 
     // open_clip, through the folder picker; classes and templates set before the tiles arrive.
     await page.fill('#classes', CLASSES.join('\n'));

@@ -167,7 +167,7 @@ export async function openBrowser(sc, port, viewport = { width: 1280, height: 90
     await context.close();
     fs.rmSync(userDataDir, { recursive: true, force: true });
     const foreign = requests.filter((u) => !(u.startsWith(`${origin}/`) || u.startsWith(`blob:${origin}/`) || u.startsWith('data:') || allow.some((o) => u.startsWith(`${o}/`))));
-    check(requests.some((u) => u.endsWith('/pkg/clipit_bg.wasm')), `the worker's requests are recorded too (${requests.length} requests)`);
+    check(requests.some((u) => u.endsWith('/clipit_bg.wasm')), `the worker's requests are recorded too (${requests.length} requests)`);
     check(foreign.length === 0, `no request leaves 127.0.0.1${allow.length ? ` except to ${allow.join(', ')}` : ''}${foreign.length ? `: ${foreign.join(', ')}` : ''}`);
   };
   return { page, origin, close, requests };
