@@ -12,7 +12,9 @@ use clipit::backend::Backend;
 use clipit::embed::embed_image_files;
 use clipit::model::Model;
 use clipit::retrieval::{matrix_from_host, matrix_to_host, top_k};
-use safetensors::SafeTensors;
+#[path = "common/tensors.rs"]
+mod tensors;
+use tensors::rel_err;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -35,36 +37,16 @@ impl Expected {
     }
 
     fn has(&self, name: &str) -> bool {
-        SafeTensors::deserialize(&self.bytes).unwrap().names().contains(&name)
+        tensors::has(&self.bytes, name)
     }
 
     fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        let v =
-            t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-        (v, t.shape().to_vec())
+        tensors::f32s(&self.bytes, name)
     }
 
     fn ids(&self, name: &str) -> Vec<Vec<u32>> {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).unwrap();
-        let cols = t.shape()[1];
-        let v: Vec<u32> = t
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-            .collect();
-        v.chunks(cols).map(<[u32]>::to_vec).collect()
+        tensors::token_ids(&self.bytes, name)
     }
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "length");
-    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_diff = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    max_diff / max_ref
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -35,7 +35,9 @@ use clipit::retrieval::matrix_to_host;
 use clipit::train::heads::{text_lora_tower, ClipItHeads, ClipItModel, Projector};
 use clipit::train::trainer::{clipit_batch_loss, TrainBatch, TrainOptions, Trainer};
 use clipit::weights::{linear_from_torch, ParamKind, ParamNames};
-use safetensors::SafeTensors;
+#[path = "common/tensors.rs"]
+mod tensors;
+use tensors::rel_err;
 
 /// Relative tolerance (max|Δ| / max|ref|) for losses, gradients and parameters.
 const TOL: f32 = 1e-4;
@@ -83,15 +85,11 @@ impl Tensors {
     }
 
     fn names(&self) -> Vec<String> {
-        SafeTensors::deserialize(&self.0).unwrap().names().into_iter().map(String::from).collect()
+        tensors::names(&self.0)
     }
 
     fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
-        let v =
-            t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-        (v, t.shape().to_vec())
+        tensors::f32s(&self.0, name)
     }
 
     fn scalar(&self, name: &str) -> f32 {
@@ -99,19 +97,8 @@ impl Tensors {
     }
 
     fn i64(&self, name: &str) -> (Vec<i64>, Vec<usize>) {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
-        let v =
-            t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
-        (v, t.shape().to_vec())
+        tensors::i64s(&self.0, name)
     }
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "length");
-    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_diff = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    max_diff / max_ref.max(f32::MIN_POSITIVE)
 }
 
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {

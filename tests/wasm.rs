@@ -13,7 +13,9 @@ use std::sync::Arc;
 use burn::tensor::{Device, Tensor, TensorData};
 use clipit::model::{Model, ModelFiles};
 use clipit::preprocess::{decode_rgb, preprocess};
-use safetensors::SafeTensors;
+#[path = "common/tensors.rs"]
+mod tensors;
+use tensors::rel_err;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -35,22 +37,11 @@ fn model(device: &Device) -> Model {
 }
 
 fn expected_f32(name: &str) -> (Vec<f32>, Vec<usize>) {
-    let st = SafeTensors::deserialize(EXPECTED).unwrap();
-    let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
-    let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    (v, t.shape().to_vec())
+    tensors::f32s(EXPECTED, name)
 }
 
 fn expected_ids() -> Vec<Vec<u32>> {
-    let st = SafeTensors::deserialize(EXPECTED).unwrap();
-    let t = st.tensor("input_ids").unwrap();
-    let cols = t.shape()[1];
-    let v: Vec<u32> = t
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
-    v.chunks(cols).map(<[u32]>::to_vec).collect()
+    tensors::token_ids(EXPECTED, "input_ids")
 }
 
 fn texts() -> Vec<String> {
@@ -59,13 +50,6 @@ fn texts() -> Vec<String> {
 }
 
 /// max|Δ| / max|ref|.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "length");
-    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_diff = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    max_diff / max_ref
-}
-
 async fn read<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data_async().await.expect("async read").try_to_vec::<f32>().expect("f32")
 }

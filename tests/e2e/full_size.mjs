@@ -62,16 +62,18 @@ function notePeaks(peaks) {
   }
 }
 
-// The worker's wasm memory, read from the same module instance (the worker imported this URL).
+// The worker's wasm memory, read from the same module instance (the worker imported this URL:
+// pkg/mt/ when the page runs its multithreaded CPU engine).
 async function wasmMemory(page, origin) {
   const w = page.workers()[0];
   if (!w) return null;
+  const engine = await page.evaluate(() => window.clipitApp.backend && window.clipitApp.backend.engine);
   try {
     return await w.evaluate(async (url) => {
       const m = await import(url);
       const wasm = await m.default();
       return wasm.memory.buffer.byteLength;
-    }, `${origin}/pkg/clipit.js`);
+    }, `${origin}/pkg/${engine === 'mt' ? 'mt/' : ''}clipit.js`);
   } catch (e) {
     return `unreadable: ${e.message}`;
   }

@@ -8,6 +8,8 @@
 
 mod apply;
 mod peft;
+#[path = "../common/tensors.rs"]
+mod tensors;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use clipit::lora::{self, LoraAdapters, LoraConfig};
 use clipit::model::Model;
 use clipit::retrieval::matrix_to_host;
 use safetensors::SafeTensors;
+use tensors::rel_err;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -43,27 +46,15 @@ impl Tensors {
     }
 
     fn has(&self, name: &str) -> bool {
-        SafeTensors::deserialize(&self.0).unwrap().names().contains(&name)
+        tensors::has(&self.0, name)
     }
 
     fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
-        let v =
-            t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-        (v, t.shape().to_vec())
+        tensors::f32s(&self.0, name)
     }
 
     fn ids(&self, name: &str) -> Vec<Vec<u32>> {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap();
-        let cols = t.shape()[1];
-        let v: Vec<u32> = t
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-            .collect();
-        v.chunks(cols).map(<[u32]>::to_vec).collect()
+        tensors::token_ids(&self.0, name)
     }
 
     /// name → (shape, raw bytes) for every tensor.
@@ -77,13 +68,6 @@ impl Tensors {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "length");
-    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_diff = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    max_diff / max_ref
 }
 
 /// Inputs of a base fixture and the model's outputs on them.
