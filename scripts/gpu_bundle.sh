@@ -53,7 +53,11 @@ print("static void die(const char *s) { fprintf(stderr, \"clipit: %s called, but
 for s in sys.stdin.read().split():
     print(f"void {s}(void) {{ die(\"{s}\"); }}")
 ' >/tmp/clipit_llvm_stubs.c
-  cc -shared -fPIC -O1 -o .gpu/libllvm_stubs.so /tmp/clipit_llvm_stubs.c
+  # The stubs carry their own symbol version: Mesa's drivers (lavapipe, llvmpipe) ask for their
+  # libLLVM's versioned symbols (e.g. LLVMContextCreate@LLVM_15), so the preloaded stubs do not
+  # shadow them, while clipit's unversioned references still bind to the stubs.
+  printf 'CLIPIT_LLVM_STUBS {\n  global: *;\n};\n' >/tmp/clipit_llvm_stubs.map
+  cc -shared -fPIC -O1 -Wl,--version-script=/tmp/clipit_llvm_stubs.map -o .gpu/libllvm_stubs.so /tmp/clipit_llvm_stubs.c
 fi
 # One solid archive: the three binaries share most of their code (about 25 MB, against 40 MB
 # compressed one by one; the device tool carries 64 MiB with the working tree).
