@@ -78,18 +78,24 @@ fn cpu_device() -> Result<Device> {
 /// the lower ones first probe the device's peak throughput with two buffers of up to 1 GiB each,
 /// which SwiftShader refused (out of memory: a panic on cubecl's device thread, then a hang) and
 /// which doubled the wgpu parity tests' time on lavapipe. `full` skips that probe.
-/// A no-op without the `gpu-autotune` feature, or once cubecl has read its configuration.
+/// Runs once per process (every device constructor calls it); a no-op without the
+/// `gpu-autotune` feature, or once cubecl has read its configuration.
 pub fn settle_gpu_autotune() {
     #[cfg(all(feature = "gpu-autotune", not(target_arch = "wasm32")))]
     {
-        use cubecl_runtime::config::{autotune::AutotuneLevel, CubeClRuntimeConfig, RuntimeConfig};
-        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-        let chosen = std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_some()
-            || !matches!(config.autotune.level, AutotuneLevel::Balanced);
-        if !chosen {
-            config.autotune.level = AutotuneLevel::Full;
-        }
-        let _ = CubeClRuntimeConfig::try_set(config);
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            use cubecl_runtime::config::{
+                autotune::AutotuneLevel, CubeClRuntimeConfig, RuntimeConfig,
+            };
+            let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+            let chosen = std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_some()
+                || !matches!(config.autotune.level, AutotuneLevel::Balanced);
+            if !chosen {
+                config.autotune.level = AutotuneLevel::Full;
+            }
+            let _ = CubeClRuntimeConfig::try_set(config);
+        });
     }
 }
 

@@ -5,6 +5,14 @@
 // tiles again. A training that was running stops with the reason as its message; once the model
 // is back, the Train panel offers its last checkpoint. The reason stays in app.deviceLost.
 
+/** Loads the model again from the files the page holds (not cached again) and puts back the
+ * adapter `trained` (app.trained as it was before the model went away), if it has one. */
+async function reloadModel(ctx, trained) {
+  const { app } = ctx;
+  await ctx.loadModel(app.modelFiles.name, app.modelFiles.files, { cache: false });
+  if (trained && trained.bytes && app.model) await app.trainPanel.importBytes(trained.name, trained.bytes.slice(0), trained.source);
+}
+
 /** Returns the handler for the worker's `device-lost` event. */
 export function initDeviceLost(ctx) {
   const { app, call, setStatus } = ctx;
@@ -20,12 +28,7 @@ export function initDeviceLost(ctx) {
     try {
       app.backend = Object.assign({}, app.backend, await call('backendInfo'), { gpu: null });
       ctx.renderBackend();
-      if (reload) {
-        await ctx.loadModel(app.modelFiles.name, app.modelFiles.files, { cache: false });
-        if (trained && trained.bytes && app.model) {
-          await app.trainPanel.importBytes(trained.name, trained.bytes.slice(0), trained.source);
-        }
-      }
+      if (reload) await reloadModel(ctx, trained);
       const model = reload && app.model ? ` ${app.model.name} was loaded again on the CPU${trained && trained.bytes ? ', with its adapter' : ''}.` : '';
       const train = training && reload ? ' The training stopped: its last checkpoint is offered in the Train panel.' : '';
       setStatus(`${reason}.${model}${train}`, 'error');
@@ -55,14 +58,12 @@ export function initTrainableWeights(ctx) {
       return false;
     }
     const trained = app.trained;
-    const { name, files } = app.modelFiles;
-    setStatus(`Training needs f32 weights: restarting the engine and loading ${name} again with f32 weights…`);
+    setStatus(`Training needs f32 weights: restarting the engine and loading ${app.modelFiles.name} again with f32 weights…`);
     app.dtype = 'f32';
     app.dtypeNote = 'f32 for training: the engine restarted off f16 weights';
     try {
       await ctx.replaceWorker();
-      await ctx.loadModel(name, files, { cache: false });
-      if (trained && trained.bytes && app.model) await app.trainPanel.importBytes(trained.name, trained.bytes.slice(0), trained.source);
+      await reloadModel(ctx, trained);
     } catch (err) {
       setStatus(`Switching to f32 weights for training failed: ${err.message}`, 'error');
       return false;

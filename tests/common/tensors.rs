@@ -9,14 +9,16 @@ fn parse(bytes: &[u8]) -> SafeTensors<'_> {
     SafeTensors::deserialize(bytes).expect("a safetensors file")
 }
 
-/// Little-endian values of `name` (elements of `N` bytes each) and its shape.
+/// Little-endian values of `name`, which must be of `dtype` (elements of `N` bytes), and its shape.
 fn values<T, const N: usize>(
     bytes: &[u8],
     name: &str,
+    dtype: safetensors::Dtype,
     from_le: fn([u8; N]) -> T,
 ) -> (Vec<T>, Vec<usize>) {
     let st = parse(bytes);
     let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
+    assert_eq!(t.dtype(), dtype, "{name}");
     let v = t.data().chunks_exact(N).map(|b| from_le(b.try_into().unwrap())).collect();
     (v, t.shape().to_vec())
 }
@@ -33,15 +35,12 @@ pub fn has(bytes: &[u8], name: &str) -> bool {
 
 /// An f32 tensor's values and shape.
 pub fn f32s(bytes: &[u8], name: &str) -> (Vec<f32>, Vec<usize>) {
-    if let Ok(t) = parse(bytes).tensor(name) {
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-    }
-    values(bytes, name, f32::from_le_bytes)
+    values(bytes, name, safetensors::Dtype::F32, f32::from_le_bytes)
 }
 
 /// An int64 tensor's values and shape.
 pub fn i64s(bytes: &[u8], name: &str) -> (Vec<i64>, Vec<usize>) {
-    values(bytes, name, i64::from_le_bytes)
+    values(bytes, name, safetensors::Dtype::I64, i64::from_le_bytes)
 }
 
 /// A `[rows, cols]` int64 tensor of token ids, one row per text.
