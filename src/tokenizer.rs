@@ -62,6 +62,7 @@ impl TextTokenizer {
         pad: Option<&str>,
         context_length: usize,
     ) -> Result<Self> {
+        check_decoder(bytes, name)?;
         let inner = Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::format(name, format!("invalid tokenizer: {e}")))?;
         Self::with_specials(inner, name, specials, pad, context_length)
@@ -122,5 +123,38 @@ impl TextTokenizer {
     /// Fixed-length ids of many texts.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
         texts.iter().map(|t| self.encode(t.as_ref())).collect()
+    }
+}
+
+/// tokenizers 0.23 panics (`expect("Helper")`) instead of returning an error when a
+/// `tokenizer.json` is not valid JSON or its decoder is not one it knows (found by the tokenizer
+/// fuzz target); both are refused here first, naming the file.
+fn check_decoder(bytes: &[u8], name: &str) -> Result<()> {
+    const DECODERS: [&str; 10] = [
+        "BPEDecoder",
+        "ByteLevel",
+        "WordPiece",
+        "Metaspace",
+        "CTC",
+        "Sequence",
+        "Replace",
+        "Fuse",
+        "Strip",
+        "ByteFallback",
+    ];
+    let json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::format(name, format!("invalid tokenizer: not valid JSON ({e})")))?;
+    fn known(d: &serde_json::Value) -> bool {
+        let kind = d.get("type").and_then(|t| t.as_str());
+        kind.is_some_and(|k| DECODERS.contains(&k))
+            && d.get("decoders").and_then(|ds| ds.as_array()).is_none_or(|ds| ds.iter().all(known))
+    }
+    match json.get("decoder") {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(d) if known(d) => Ok(()),
+        Some(_) => Err(Error::format(
+            name,
+            format!("invalid tokenizer: its decoder is not one of {}", DECODERS.join(", ")),
+        )),
     }
 }

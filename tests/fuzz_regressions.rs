@@ -153,3 +153,36 @@ fn image_size_the_patch_does_not_divide_leaves_the_remainder_unused() {
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(diff < 1e-5, "33-pixel input differs from its 32-pixel crop by {diff}");
 }
+
+/// A `tokenizer.json` cut short or with a decoder tokenizers does not know made tokenizers panic
+/// (the tokenizer fuzz target); now a clear error naming the file.
+#[test]
+fn broken_tokenizer_json_is_refused() {
+    use clipit::tokenizer::TextTokenizer;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conch/tokenizer.json");
+    let bytes = std::fs::read(&path).unwrap();
+    let load = |b: &[u8]| {
+        TextTokenizer::from_json(
+            b,
+            "x/tokenizer.json",
+            ["<start_of_text>", "<end_of_text>"],
+            None,
+            77,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(load(&bytes), Ok(()), "the fixture itself loads");
+    let cut = load(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(cut.contains("x/tokenizer.json") && cut.contains("not valid JSON"), "{cut}");
+    for decoder in [
+        serde_json::json!(5),
+        serde_json::json!({"type": "Nope"}),
+        serde_json::json!({"add_prefix_space": true}),
+    ] {
+        let mut json: Value = serde_json::from_slice(&bytes).unwrap();
+        json["decoder"] = decoder.clone();
+        let err = load(&serde_json::to_vec(&json).unwrap()).unwrap_err();
+        assert!(err.contains("x/tokenizer.json") && err.contains("decoder"), "{decoder}: {err}");
+    }
+}
