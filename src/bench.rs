@@ -11,6 +11,8 @@ use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use serde::Serialize;
 
 use crate::lora::{apply_lora, LoraConfig};
+use crate::model::nn::{Attention, QkvProjection};
+use crate::model::vit::VisionTransformer;
 use crate::model::{Model, ModelFiles};
 use crate::train::heads::{ClipItModel, HeadsConfig};
 use crate::train::trainer::{clipit_batch_loss, TrainBatch, TrainOptions, Trainer};
@@ -57,6 +59,14 @@ pub struct BenchResult {
     pub median_s: f64,
     /// Images per second at the median.
     pub images_per_sec: f64,
+    /// Matrix-multiply FLOPs of one image (2 per multiply-add; see [`vision_flops_per_image`]):
+    /// the forward pass for `embed`, twice it for `train` (forward, and the backward pass's
+    /// input gradients through the frozen tower; the LoRA factors' and heads' FLOPs, under 3 %
+    /// at r 16, are not counted).
+    pub flops_per_image: f64,
+    /// Achieved GFLOP/s at the median: `flops_per_image × images_per_sec / 1e9`, to compare with
+    /// the machine's peak.
+    pub gflops: f64,
     /// Peak memory: on a GPU, the bytes the device's allocator holds after the runs (its pools
     /// keep their pages, so this is their high-water mark); on the CPU, the process's peak
     /// resident memory (`VmHWM`). 0 where unknown.
@@ -110,6 +120,44 @@ pub fn peak_memory_bytes() -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// `2 × tokens × d_in × d_out`: the FLOPs of one linear layer over `tokens` rows.
+fn linear_flops(l: &burn::nn::Linear, tokens: usize) -> f64 {
+    let [d_in, d_out] = l.weight.val().dims();
+    2.0 * (tokens * d_in * d_out) as f64
+}
+
+/// FLOPs of `attn` with `nq` queries over `nk` keys: the projections and the two products.
+fn attention_flops(attn: &Attention, nq: usize, nk: usize) -> f64 {
+    let projections = match &attn.qkv {
+        QkvProjection::Fused(l) => linear_flops(l, nq),
+        QkvProjection::Split(p) => {
+            linear_flops(&p.q, nq) + linear_flops(&p.k, nk) + linear_flops(&p.v, nk)
+        }
+    };
+    let [d, _] = attn.out.weight.val().dims();
+    projections + linear_flops(&attn.out, nq) + 4.0 * (nq * nk * d) as f64
+}
+
+/// Matrix-multiply FLOPs (2 per multiply-add) of one image through a ViT image tower: the patch
+/// embedding, each block's projections, attention products and MLP, the attentional pooler and
+/// the output projection. Norms, activations and softmax are not counted, as PyTorch's and
+/// fvcore's FLOP counters do not count them.
+pub fn vision_flops_per_image(v: &VisionTransformer) -> f64 {
+    let patches = v.geometry.grid().pow(2);
+    let prefix = usize::from(v.cls_token.is_some())
+        + v.reg_tokens.as_ref().map_or(0, |r| r.val().dims()[0]);
+    let tokens = patches + prefix;
+    let mut flops = linear_flops(&v.patch_embed, patches);
+    for block in &v.blocks {
+        flops += attention_flops(&block.attn, tokens, tokens);
+        flops += linear_flops(&block.mlp.fc1, tokens) + linear_flops(&block.mlp.fc2, tokens);
+    }
+    if let Some(pool) = &v.attn_pool {
+        flops += attention_flops(&pool.attn, pool.query.val().dims()[0], tokens);
+    }
+    flops + v.proj.as_ref().map_or(0.0, |p| linear_flops(p, 1))
 }
 
 /// Times `run` `warmup + runs` times and returns the median of the timed runs in seconds.
@@ -213,19 +261,21 @@ pub fn run(cfg: &BenchConfig, device: &Device, backend: &str) -> Result<BenchRes
     let pixels = |size: usize, device: &Device| -> Tensor<4> {
         Tensor::random([cfg.batch, 3, size, size], Distribution::Normal(0.0, 1.0), device)
     };
-    let median_s = match cfg.task {
+    let (median_s, flops_per_image) = match cfg.task {
         BenchTask::Embed => {
             let model = random_model(&cfg.model, device)?;
             let x = pixels(model.preprocess.crop, device);
-            median_seconds(cfg.warmup, cfg.runs, || {
+            let median_s = median_seconds(cfg.warmup, cfg.runs, || {
                 // Reading the result back waits for the device to finish.
                 model.vision.forward(x.clone()).into_data();
                 Ok(())
-            })?
+            })?;
+            (median_s, vision_flops_per_image(&model.vision))
         }
         BenchTask::Train => {
             let ad = device.clone().autodiff();
             let model = random_model(&cfg.model, &ad)?;
+            let flops = 2.0 * vision_flops_per_image(&model.vision);
             let size = model.preprocess.crop;
             let vision = model.vision.clone().no_grad();
             let vision = apply_lora(vision, &model.params, &LoraConfig::new(16, 8.0), 0)?;
@@ -250,11 +300,13 @@ pub fn run(cfg: &BenchConfig, device: &Device, backend: &str) -> Result<BenchRes
                 Some((targets, model.embed_dim)),
                 &ad,
             );
-            median_seconds(cfg.warmup, cfg.runs, || {
+            let median_s = median_seconds(cfg.warmup, cfg.runs, || {
                 trainer.step(0, |m| clipit_batch_loss(m, &batch, &opts)).map(|_| ())
-            })?
+            })?;
+            (median_s, flops)
         }
     };
+    let images_per_sec = cfg.batch as f64 / median_s;
     let host = peak_memory_bytes();
     let pools = device.memory_pool_usage().filter(|_| backend != "cpu");
     let device_bytes = pools.map_or(host, |u| u.bytes_reserved);
@@ -271,7 +323,9 @@ pub fn run(cfg: &BenchConfig, device: &Device, backend: &str) -> Result<BenchRes
         dtype: cfg.dtype.name().into(),
         runs: cfg.runs,
         median_s,
-        images_per_sec: cfg.batch as f64 / median_s,
+        images_per_sec,
+        flops_per_image,
+        gflops: flops_per_image * images_per_sec / 1e9,
         peak_memory_bytes: device_bytes,
         host_peak_memory_bytes: host,
         device_memory_after_unload_bytes: after_unload,

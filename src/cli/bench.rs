@@ -31,7 +31,7 @@ pub struct BenchArgs {
     /// Timed runs (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Print one JSON object (`images_per_sec`, `peak_memory_bytes`, ...).
+    /// Print one JSON object (`images_per_sec`, `gflops`, `peak_memory_bytes`, ...).
     #[arg(long)]
     json: bool,
 }
@@ -52,7 +52,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r).map_err(|e| Error::msg(e.to_string()))?);
     } else {
         println!(
-            "{} {:?} batch {} {} on {}: {:.1} images/s (median {:.3} s over {} runs), peak memory {:.0} MB",
+            "{} {:?} batch {} {} on {}: {:.1} images/s (median {:.3} s over {} runs), {:.1} GFLOP/s, peak memory {:.0} MB",
             r.model,
             r.task,
             r.batch,
@@ -61,6 +61,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             r.images_per_sec,
             r.median_s,
             r.runs,
+            r.gflops,
             r.peak_memory_bytes as f64 / 1e6
         );
     }

@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use super::nn::{Block, LayerNorm};
+use super::nn::{linear, Block, LayerNorm};
 use crate::{Error, Result};
 
 /// Which token's output becomes the text embedding.
@@ -107,7 +107,7 @@ impl TextTransformer {
             .collect();
         let index = Tensor::<1, Int>::from_data(TensorData::new(positions, [b]), &device);
         let pooled = x.reshape([b * seq, width]).select(0, index);
-        Ok(self.proj.forward(self.ln_final.forward(pooled)))
+        Ok(linear(&self.proj, self.ln_final.forward(pooled)))
     }
 
     fn pool_position(&self, ids: &[u32], seq: usize) -> usize {

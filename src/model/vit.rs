@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 
-use super::nn::{Attention, Block, LayerNorm, QkvProjection};
+use super::nn::{linear, Attention, Block, LayerNorm, QkvProjection};
 use crate::weights::{Loader, ParamKind};
 use crate::{Error, Result};
 
@@ -183,7 +183,7 @@ impl VisionTransformer {
             pooled = norm.forward(pooled);
         }
         match &self.proj {
-            Some(proj) => proj.forward(pooled),
+            Some(proj) => linear(proj, pooled),
             None => pooled,
         }
     }
@@ -205,7 +205,7 @@ impl VisionTransformer {
             gh * gw,
             c * p * p,
         ]);
-        let mut x = self.patch_embed.forward(patches);
+        let mut x = linear(&self.patch_embed, patches);
         let dim = x.dims()[2];
         let pos = self.pos_embed.val().unsqueeze::<3>();
         let mut prefix = Vec::new();

@@ -106,6 +106,8 @@ pub mod fft;
 pub mod flip;
 mod float;
 pub mod gather_scatter;
+// clipit patch: GELU without libm's scalar erff (ops/gelu.rs).
+mod gelu;
 pub mod grid_sample;
 mod int;
 pub mod interpolate;
