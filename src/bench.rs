@@ -146,8 +146,8 @@ fn attention_flops(attn: &Attention, nq: usize, nk: usize) -> f64 {
 /// fvcore's FLOP counters do not count them.
 pub fn vision_flops_per_image(v: &VisionTransformer) -> f64 {
     let patches = v.geometry.grid().pow(2);
-    let prefix = usize::from(v.cls_token.is_some())
-        + v.reg_tokens.as_ref().map_or(0, |r| r.val().dims()[0]);
+    let prefix =
+        usize::from(v.cls_token.is_some()) + v.reg_tokens.as_ref().map_or(0, |r| r.val().dims()[0]);
     let tokens = patches + prefix;
     let mut flops = linear_flops(&v.patch_embed, patches);
     for block in &v.blocks {

@@ -232,6 +232,39 @@ fn flips_mirror_the_image() {
 }
 
 #[test]
+fn rotations_give_the_four_quarter_turns_and_leave_the_other_draws_alone() {
+    let img = tiny(); // 4 x 2: a quarter turn makes it 2 x 4
+    let only_rot = AugmentConfig { rotate90: true, ..AugmentConfig::none() };
+    let turns = [
+        img.clone(),
+        image::imageops::rotate90(&img),
+        image::imageops::rotate180(&img),
+        image::imageops::rotate270(&img),
+    ];
+    let mut seen = [0usize; 4];
+    for seed in 0..64 {
+        let out = augment(&img, &only_rot, &mut Rng::new(seed));
+        let which = turns.iter().position(|t| *t == out).expect("a quarter-turn rotation");
+        seen[which] += 1;
+    }
+    assert!(seen.iter().all(|&n| n >= 5), "each rotation drawn: {seen:?}");
+    // With rotations off, the flips and jitter a seed draws are the same as with them on.
+    let paper = AugmentConfig::paper();
+    let path = AugmentConfig::pathology();
+    for seed in 0..8 {
+        let with = augment(&img, &path, &mut Rng::new(seed));
+        let without = augment(&img, &paper, &mut Rng::new(seed));
+        let rotations = [
+            without.clone(),
+            image::imageops::rotate90(&without),
+            image::imageops::rotate180(&without),
+            image::imageops::rotate270(&without),
+        ];
+        assert!(rotations.contains(&with), "seed {seed}: a rotation of the paper's augmentation");
+    }
+}
+
+#[test]
 fn jitter_with_neutral_factors_is_identity() {
     let img = tiny();
     assert_eq!(adjust_brightness(&img, 1.0), img);

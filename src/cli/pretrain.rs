@@ -49,9 +49,13 @@ pub struct PretrainArgs {
     /// Seed for initialisation, shuffling, pairing and augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Train without flips and colour jitter.
+    /// Train without flips, quarter-turn rotations and colour jitter.
     #[arg(long)]
     no_augment: bool,
+    /// Count every report of the image's class in the batch as a positive, not only its own
+    /// (UniCL): with few classes the plain CLIP loss pushes same-class pairs apart.
+    #[arg(long)]
+    class_aware: bool,
     /// Write the weights as float16 (half the size).
     #[arg(long)]
     f16: bool,
@@ -66,6 +70,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         reports: a.reports.clone(),
         out: a.out.clone(),
         augment: !a.no_augment,
+        class_aware: a.class_aware,
         dtype: if a.f16 { ExportDtype::F16 } else { ExportDtype::F32 },
         options: TrainOptions {
             epochs: a.epochs,

@@ -38,12 +38,24 @@ pub struct AugmentConfig {
     pub saturation: f32,
     /// Hue shift range `[-h, h]` in turns, `0 <= h <= 0.5`; 0 disables it.
     pub hue: f32,
+    /// A random multiple of 90° rotation (uniform over the four), applied last. Not in the
+    /// paper's loader; `clipit pretrain` uses it ([`AugmentConfig::pathology`]): a tile has no
+    /// up or down.
+    pub rotate90: bool,
 }
 
 impl Default for AugmentConfig {
     /// The paper's PCAM training augmentation: both flips with p = 0.5, jitter 0.5/0.5/0.5/0.05.
     fn default() -> Self {
-        Self { hflip: 0.5, vflip: 0.5, brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.05 }
+        Self {
+            hflip: 0.5,
+            vflip: 0.5,
+            brightness: 0.5,
+            contrast: 0.5,
+            saturation: 0.5,
+            hue: 0.05,
+            rotate90: false,
+        }
     }
 }
 
@@ -55,7 +67,21 @@ impl AugmentConfig {
 
     /// No augmentation at all (BACH and CRC in the paper).
     pub fn none() -> Self {
-        Self { hflip: 0.0, vflip: 0.0, brightness: 0.0, contrast: 0.0, saturation: 0.0, hue: 0.0 }
+        Self {
+            hflip: 0.0,
+            vflip: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            hue: 0.0,
+            rotate90: false,
+        }
+    }
+
+    /// The paper's setting plus random 90° rotations: flips and rotations give all eight
+    /// orientations of a tile (the dihedral group), which histology does not tell apart.
+    pub fn pathology() -> Self {
+        Self { rotate90: true, ..Self::default() }
     }
 
     /// Whether this config never changes an image.
@@ -88,8 +114,8 @@ impl AugmentConfig {
     }
 }
 
-/// Applies `cfg` to `img` with randomness from `rng`: horizontal flip, vertical flip, then colour
-/// jitter (see the module docs). The same `rng` state always gives the same result.
+/// Applies `cfg` to `img` with randomness from `rng`: horizontal flip, vertical flip, colour
+/// jitter (see the module docs), then a quarter-turn rotation if `cfg.rotate90`. The same `rng` state always gives the same result.
 ///
 /// The number of draws does not depend on `cfg`, so toggling one augmentation leaves the others'
 /// random choices unchanged.
@@ -102,7 +128,15 @@ pub fn augment(img: &RgbImage, cfg: &AugmentConfig, rng: &mut Rng) -> RgbImage {
     if v < cfg.vflip {
         image::imageops::flip_vertical_in_place(&mut out);
     }
-    color_jitter(&out, cfg, rng)
+    let out = color_jitter(&out, cfg, rng);
+    // Drawn last, so the draws above are the same with or without rotations.
+    let quarter_turns = (rng.next_f32() * 4.0) as u32;
+    match quarter_turns {
+        1 if cfg.rotate90 => image::imageops::rotate90(&out),
+        2 if cfg.rotate90 => image::imageops::rotate180(&out),
+        3 if cfg.rotate90 => image::imageops::rotate270(&out),
+        _ => out,
+    }
 }
 
 /// torchvision `ColorJitter` on `img`: the four operations in a random order, each with a random

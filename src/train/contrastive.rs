@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::data::Batch;
@@ -37,6 +38,31 @@ pub fn info_nce(image: Tensor<2>, text: Tensor<2>, temperature: f64) -> Result<T
     let labels = Tensor::<1, Int>::arange(0..n as i64, &device);
     let i2t = cross_entropy(logits.clone(), labels.clone(), false);
     let t2i = cross_entropy(logits.transpose(), labels, false);
+    Ok((i2t + t2i).div_scalar(2.0))
+}
+
+/// Symmetric InfoNCE in which every pair of the same class is a positive (UniCL's image–label
+/// contrast): row i's target spreads evenly over the columns whose label is `labels[i]`, in both
+/// directions. With as many classes as rows it is [`info_nce`]. `clipit pretrain --class-aware`
+/// uses it: with two classes and a batch of 32, the plain loss would push each image away from
+/// the fifteen other reports of its own class.
+pub fn class_aware_info_nce(
+    image: Tensor<2>,
+    text: Tensor<2>,
+    labels: Tensor<1, Int>,
+    temperature: f64,
+) -> Result<Tensor<1>> {
+    let ([n, d], [m, e], [l]) = (image.dims(), text.dims(), labels.dims());
+    if n != m || d != e || n != l {
+        return Err(Error::msg(format!(
+            "contrastive loss: {n}×{d} image embeddings against {m}×{e} text embeddings and {l} labels"
+        )));
+    }
+    let logits = l2_normalize(image).matmul(l2_normalize(text).transpose()).div_scalar(temperature);
+    let same = labels.clone().unsqueeze_dim::<2>(1).equal(labels.unsqueeze_dim::<2>(0)).float();
+    let targets = same.clone() / same.sum_dim(1);
+    let i2t = (log_softmax(logits.clone(), 1) * targets.clone()).sum_dim(1).mean().neg();
+    let t2i = (log_softmax(logits.transpose(), 1) * targets).sum_dim(1).mean().neg();
     Ok((i2t + t2i).div_scalar(2.0))
 }
 
@@ -91,13 +117,26 @@ fn text_tower(model: &ClipItModel) -> Result<&TextTransformer> {
 /// The contrastive loss of a batch: symmetric InfoNCE between the images and the token ids of
 /// their class prompts (or paired texts), both through the model's LoRA-adapted towers.
 pub fn contrastive_batch_loss(model: &ClipItModel, batch: &TrainBatch) -> Result<LossParts> {
+    batch_loss(model, batch, false)
+}
+
+/// [`contrastive_batch_loss`] with every same-class pair a positive ([`class_aware_info_nce`]).
+pub fn class_aware_batch_loss(model: &ClipItModel, batch: &TrainBatch) -> Result<LossParts> {
+    batch_loss(model, batch, true)
+}
+
+fn batch_loss(model: &ClipItModel, batch: &TrainBatch, class_aware: bool) -> Result<LossParts> {
     let ids = batch
         .token_ids
         .as_ref()
         .ok_or_else(|| Error::msg("the contrastive loss needs the batch's token ids"))?;
     let text = text_tower(model)?.forward(ids)?;
     let image = model.backbone.forward(batch.pixels.clone());
-    let total = info_nce(image, text, TEMPERATURE)?;
+    let total = if class_aware {
+        class_aware_info_nce(image, text, batch.labels.clone(), TEMPERATURE)?
+    } else {
+        info_nce(image, text, TEMPERATURE)?
+    };
     Ok(LossParts { total: total.clone(), ce: total.detach(), kd: None })
 }
 
@@ -127,6 +166,49 @@ mod tests {
         let i2t: f64 = (0..n).map(|i| ce(&|j| sim(i, j), i)).sum::<f64>() / n as f64;
         let t2i: f64 = (0..n).map(|j| ce(&|i| sim(i, j), j)).sum::<f64>() / n as f64;
         (i2t + t2i) / 2.0
+    }
+
+    #[test]
+    fn class_aware_info_nce_is_info_nce_with_distinct_labels_and_pools_same_class_pairs() {
+        let device = Device::flex();
+        let (n, d) = (4, 3);
+        let a: Vec<f32> = (0..n * d).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+        let b: Vec<f32> = (0..n * d).map(|i| ((i * 5 % 13) as f32 - 6.0) / 4.0).collect();
+        let m = |v: &[f32]| matrix_from_host(v, d, &device).unwrap();
+        let labels = |l: [i64; 4]| Tensor::<1, Int>::from_ints(l, &device);
+        let plain = info_nce(m(&a), m(&b), 0.5).unwrap().into_scalar::<f32>();
+        let distinct = class_aware_info_nce(m(&a), m(&b), labels([0, 1, 2, 3]), 0.5).unwrap();
+        assert!((distinct.into_scalar::<f32>() - plain).abs() < 1e-5);
+        // Two classes {0, 2} and {1, 3}: on the host, each row's target is half on each member.
+        let (a64, b64): (Vec<f64>, Vec<f64>) =
+            (a.iter().map(|&x| x as f64).collect(), b.iter().map(|&x| x as f64).collect());
+        let unit = |v: &[f64]| -> Vec<f64> {
+            v.chunks(d)
+                .flat_map(|r| {
+                    let s = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+                    r.iter().map(move |x| x / s)
+                })
+                .collect()
+        };
+        let (ua, ub) = (unit(&a64), unit(&b64));
+        let sim =
+            |i: usize, j: usize| (0..d).map(|k| ua[i * d + k] * ub[j * d + k]).sum::<f64>() / 0.5;
+        let class = [0, 1, 0, 1];
+        let side = |s: &dyn Fn(usize, usize) -> f64| -> f64 {
+            (0..n)
+                .map(|i| {
+                    let lse = (0..n).map(|j| s(i, j).exp()).sum::<f64>().ln();
+                    (0..n)
+                        .filter(|&j| class[j] == class[i])
+                        .map(|j| (lse - s(i, j)) / 2.0)
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+                / n as f64
+        };
+        let want = (side(&|i, j| sim(i, j)) + side(&|i, j| sim(j, i))) / 2.0;
+        let got = class_aware_info_nce(m(&a), m(&b), labels([0, 1, 0, 1]), 0.5).unwrap();
+        assert!((got.into_scalar::<f32>() as f64 - want).abs() < 1e-5, "{want}");
     }
 
     #[test]

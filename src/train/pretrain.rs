@@ -15,7 +15,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::contrastive::{contrastive_batch_loss, TEMPERATURE};
+use super::contrastive::{class_aware_batch_loss, contrastive_batch_loss, TEMPERATURE};
 use super::data::{BatchLoader, Dataset, LoaderConfig};
 use super::heads::{ClipItModel, HeadsConfig};
 use super::split::Rng;
@@ -40,8 +40,12 @@ pub struct PretrainConfig {
     pub reports: PathBuf,
     /// Output folder (created; files written atomically).
     pub out: PathBuf,
-    /// Flips and colour jitter on the training images.
+    /// Flips, quarter-turn rotations and colour jitter on the training images
+    /// ([`AugmentConfig::pathology`](super::augment::AugmentConfig::pathology)).
     pub augment: bool,
+    /// Every report of an image's class in the batch is a positive for it, not only its own
+    /// ([`class_aware_info_nce`](super::contrastive::class_aware_info_nce)).
+    pub class_aware: bool,
     /// Element type of the written weights.
     pub dtype: ExportDtype,
     /// Optimisation (epochs, batch size, Adam, seed).
@@ -176,7 +180,7 @@ pub fn pretrain(
     let mut loader_cfg = LoaderConfig::new(clip.preprocess, opts.batch_size);
     loader_cfg.seed = opts.seed;
     loader_cfg.drop_last = data.len() > opts.batch_size;
-    loader_cfg.augment = cfg.augment.then(super::augment::AugmentConfig::paper);
+    loader_cfg.augment = cfg.augment.then(super::augment::AugmentConfig::pathology);
     let n_images = data.len();
     let loader = BatchLoader::new(data.clone(), loader_cfg)?;
     let heads = HeadsConfig {
@@ -214,7 +218,9 @@ pub fn pretrain(
                 .collect();
             let batch = TrainBatch::from_host(b.pixels.clone(), b.crop, &b.labels, None, &device)
                 .with_token_ids(pick);
-            let log = trainer.step(epoch, |m| contrastive_batch_loss(m, &batch))?;
+            let loss =
+                if cfg.class_aware { class_aware_batch_loss } else { contrastive_batch_loss };
+            let log = trainer.step(epoch, |m| loss(m, &batch))?;
             on_step(&log, total);
             sum += log.loss;
             n += 1;
