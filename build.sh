@@ -10,9 +10,14 @@
 #                       skips it), cargo test, a 30 s fuzz run of each target (fuzz/smoke.sh;
 #                       CLIPIT_SKIP_FUZZ=1 skips it), then the page end to end in headless Chromium
 #                       (tests/e2e/run.sh; CLIPIT_SKIP_E2E=1 skips it) and the wasm unit tests in
-#                       headless Chromium (tests/wasm/run.sh)
+#                       headless Chromium (tests/wasm/run.sh). The page's two engines and the
+#                       fuzz targets build in the background while the native tests build and
+#                       run (logs in $CARGO_TARGET_DIR/test-logs/), so both cores stay busy.
 #   ./build.sh cli      build the native CLI only
 #   ./build.sh web      build the browser module (wasm32 + wasm-bindgen) into pkg/
+#   ./build.sh dist     write dist/: the page for any static host (no special headers, any
+#                       sub-path), with the demo bundle; --allow-origin URL (repeatable) lets the
+#                       hosted page load models from that origin
 #
 # Builds share one cargo target folder outside the clone ($CARGO_TARGET_DIR, by default
 # ~/.cache/clipit/target), so a second clone or CI reuses the compiled dependencies.
@@ -111,8 +116,9 @@ setup_web_threads() {
 build_web() {
   setup_web
   log "building the browser module (profile web; a cold build takes ~20 min on 2 cores)"
-  CARGO_TARGET_DIR="$WASM_TARGET_DIR" cargo build --target wasm32-unknown-unknown \
-    --no-default-features --features web --lib --profile web
+  # The crate is an rlib for native builds; the wasm module is its cdylib, asked for here only.
+  CARGO_TARGET_DIR="$WASM_TARGET_DIR" cargo rustc --target wasm32-unknown-unknown \
+    --no-default-features --features web --lib --profile web --crate-type cdylib
   wasm-bindgen --target web --out-dir pkg "$WASM_TARGET_DIR/wasm32-unknown-unknown/web/clipit.wasm"
   log "pkg/: $(du -h pkg/clipit_bg.wasm | cut -f1) clipit_bg.wasm"
   if [ "${CLIPIT_SKIP_WEB_THREADS:-0}" = 1 ]; then
@@ -126,7 +132,8 @@ build_web() {
   # needs) go to clipit's own link only, after `--`.
   RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals -C link-arg=--max-memory=4294967296" \
     CARGO_TARGET_DIR="$mt_dir" cargo +nightly rustc --target wasm32-unknown-unknown \
-    -Z build-std=panic_abort,std --no-default-features --features web-threads --lib --profile web -- \
+    -Z build-std=panic_abort,std --no-default-features --features web-threads --lib --profile web \
+    --crate-type cdylib -- \
     -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--export=__wasm_init_tls \
     -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
   rm -rf pkg/mt
@@ -139,6 +146,57 @@ build_web() {
     { echo "build.sh: $helpers no longer imports '../../..': check wasm-bindgen-rayon's worker" >&2; exit 1; }
   sed -i "s#import('../../..')#import('../../../clipit.js')#" "$helpers"
   log "pkg/mt/: $(du -h pkg/mt/clipit_bg.wasm | cut -f1) clipit_bg.wasm (multithreaded CPU)"
+}
+
+# wasm-opt from npm's binaryen (Debian's breaks these modules, ../shared/docs/stack.md), installed
+# once into ~/.cache/clipit/tools; prints its path, or nothing when it cannot be installed.
+wasm_opt() {
+  local tools="$HOME/.cache/clipit/tools" version=129.0.0
+  if [ ! -x "$tools/node_modules/.bin/wasm-opt" ]; then
+    command -v npm >/dev/null || return 0
+    log "installing binaryen $version's wasm-opt from npm into $tools" >&2
+    mkdir -p "$tools"
+    (cd "$tools" && npm install --no-audit --no-fund --silent "binaryen@$version" >&2) || return 0
+  fi
+  echo "$tools/node_modules/.bin/wasm-opt"
+}
+
+# A static copy of the page for any host (scripts/make_dist.py): the engines without their
+# debugging sections (and through wasm-opt with CLIPIT_WASM_OPT=1), the demo bundle, the policy as
+# a <meta> tag, a service worker for isolation, .gz/.br copies.
+dist() {
+  local args=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --allow-origin) [ $# -ge 2 ] || { echo "--allow-origin needs a URL" >&2; exit 2; }; args+=(--allow-origin "$2"); shift 2 ;;
+      --allow-origin=*) args+=(--allow-origin "${1#*=}"); shift ;;
+      *) echo "usage: ./build.sh dist [--allow-origin URL]..." >&2; exit 2 ;;
+    esac
+  done
+  build_web
+  command -v python3 >/dev/null || { echo "python3 not found (it writes dist/)" >&2; exit 1; }
+  python3 -c 'import brotli' 2>/dev/null || python3 -m pip install -q brotli >/dev/null 2>&1 ||
+    log "could not install Python's brotli module: dist/ gets .gz copies only"
+  python3 scripts/make_dist.py --out "${CLIPIT_DIST_DIR:-dist}" "${args[@]}"
+  # wasm-opt takes 5 to 10 minutes a module on 2 cores and gains little once the names are
+  # stripped (make_dist.py does that): opt in with CLIPIT_WASM_OPT=1.
+  local opt=""
+  [ "${CLIPIT_WASM_OPT:-0}" = 1 ] && opt="$(wasm_opt)"
+  if [ -n "$opt" ]; then
+    local dir="${CLIPIT_DIST_DIR:-dist}" f
+    for f in "$dir/pkg/clipit_bg.wasm" "$dir/pkg/mt/clipit_bg.wasm"; do
+      [ -f "$f" ] || continue
+      log "wasm-opt -O3 $f ($(du -h "$f" | cut -f1))"
+      "$opt" -O3 --enable-simd --enable-threads --enable-bulk-memory --enable-mutable-globals \
+        --enable-nontrapping-float-to-int --enable-sign-ext --enable-reference-types \
+        --enable-multivalue -o "$f.opt" "$f" && mv "$f.opt" "$f"
+      rm -f "$f.gz" "$f.br"
+    done
+    python3 -c 'import sys; sys.path.insert(0, "scripts"); import make_dist; make_dist.compress(sys.argv[1])' "$dir"
+  elif [ "${CLIPIT_WASM_OPT:-0}" = 1 ]; then
+    log "wasm-opt unavailable (npm missing or offline): dist/ keeps the modules as wasm-bindgen wrote them"
+  fi
+  log "dist/ is ready: upload it to any static host (see dist/HOSTING.md); $(du -sh "${CLIPIT_DIST_DIR:-dist}" | cut -f1) in all"
 }
 
 serve() {
@@ -179,36 +237,98 @@ run_deny() {
   cargo deny --all-features --locked --offline check --hide-inclusion-graph "${checks[@]}"
 }
 
+# Waits for background job `pid` (a build whose output went to `logfile`); on failure shows the
+# log's end and returns 1.
+wait_build() {
+  local pid=$1 what=$2 logfile=$3
+  if wait "$pid"; then
+    log "$what: built ($(grep -c . "$logfile") log lines in $logfile)"
+  else
+    tail -n 80 "$logfile" >&2
+    echo "$what: the build FAILED (whole log: $logfile)" >&2
+    return 1
+  fi
+}
+
 run_tests() {
   need_cargo
   setup_vulkan
   if ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
     export CLIPIT_REQUIRE_WGPU=1
   fi
-  local failed=0
+  local failed=0 logs="$CARGO_TARGET_DIR/test-logs" web_pid="" fuzz_pid=""
+  mkdir -p "$logs"
+  # Every crate Cargo.lock names, for every target: cargo deny reads them offline, and the builds
+  # below then never wait on each other for downloads.
+  log "fetching the crates Cargo.lock names (cargo fetch --locked)"
+  cargo fetch --locked
+  # Toolchains first (rustup must not change one toolchain from two builds at once).
+  if [ "${CLIPIT_SKIP_E2E:-0}" != 1 ]; then
+    setup_web
+    [ "${CLIPIT_SKIP_WEB_THREADS:-0}" = 1 ] || setup_web_threads
+  fi
+  # The page's two engines and the fuzz targets build in the background while the native tests
+  # build and run in the foreground: one build alone leaves a core idle through its serial
+  # stretches (a big crate's front end, the links), and the native tests wait on lavapipe.
+  if [ "${CLIPIT_SKIP_E2E:-0}" != 1 ]; then
+    log "building the page's engines in the background (log: $logs/web.log)"
+    ./build.sh web >"$logs/web.log" 2>&1 &
+    web_pid=$!
+  fi
+  if [ "${CLIPIT_SKIP_FUZZ:-0}" != 1 ]; then
+    log "building the fuzz targets in the background (log: $logs/fuzz-build.log)"
+    fuzz/smoke.sh --build-only >"$logs/fuzz-build.log" 2>&1 &
+    fuzz_pid=$!
+  fi
   log "cargo deny: licences, bans, sources and advisories (deny.toml; CLIPIT_SKIP_DENY=1 skips it)"
   run_deny || failed=1
   log "running every test (features: $FEATURES)"
   cargo test --features "$FEATURES" --no-fail-fast || failed=1
   # 30 s of each cargo-fuzz target from its committed seeds (nightly; sanitizer build in
-  # ~/.cache/clipit/target-fuzz, shared by every clone).
-  if [ "${CLIPIT_SKIP_FUZZ:-0}" = 1 ]; then
+  # ~/.cache/clipit/target-fuzz, shared by every clone). libFuzzer uses one core: the page's end
+  # to end test runs beside it.
+  local smoke_pid=""
+  if [ -n "$fuzz_pid" ]; then
+    if wait_build "$fuzz_pid" "fuzz targets" "$logs/fuzz-build.log"; then
+      log "fuzz smoke run in the background: 30 s of each cargo-fuzz target (log: $logs/fuzz-smoke.log)"
+      fuzz/smoke.sh --no-build 30 >"$logs/fuzz-smoke.log" 2>&1 &
+      smoke_pid=$!
+    else
+      failed=1
+    fi
+  else
     log "CLIPIT_SKIP_FUZZ=1: skipping the fuzz smoke run"
-  else
-    log "fuzz smoke run: 30 s of each cargo-fuzz target (fuzz/smoke.sh 30; CLIPIT_SKIP_FUZZ=1 skips it)"
-    fuzz/smoke.sh 30 || failed=1
   fi
-  # The page end to end in headless Chromium (WebGPU and the CPU fallback). It installs what it
-  # needs (wasm target, wasm-bindgen-cli, chromium, node packages) and fails loudly when it cannot.
-  if [ "${CLIPIT_SKIP_E2E:-0}" = 1 ]; then
+  # The page end to end in headless Chromium (WebGPU and the CPU fallback), then the wasm unit
+  # tests; both fail loudly when what they need cannot be installed.
+  if [ -n "$web_pid" ]; then
+    if wait_build "$web_pid" "the page's engines (pkg/)" "$logs/web.log"; then
+      log "building the CLI and the adapter_predict example for the end-to-end test"
+      if cargo build --features "$FEATURES" --bin clipit --example adapter_predict; then
+        log "end-to-end test of the page (tests/e2e/run.sh)"
+        E2E_SKIP_BUILD=1 tests/e2e/run.sh || failed=1
+      else
+        failed=1
+      fi
+      log "wasm unit tests in headless Chromium (tests/wasm/run.sh)"
+      tests/wasm/run.sh || failed=1
+    else
+      failed=1
+    fi
+  else
     log "CLIPIT_SKIP_E2E=1: skipping the end-to-end test of the page"
-  else
-    log "end-to-end test of the page (tests/e2e/run.sh)"
-    tests/e2e/run.sh || failed=1
+    log "wasm unit tests in headless Chromium (tests/wasm/run.sh)"
+    tests/wasm/run.sh || failed=1
   fi
-  # wasm-bindgen-test unit tests of the library in headless Chromium (tests/wasm.rs).
-  log "wasm unit tests in headless Chromium (tests/wasm/run.sh)"
-  tests/wasm/run.sh || failed=1
+  if [ -n "$smoke_pid" ]; then
+    if wait "$smoke_pid"; then
+      grep '^smoke.sh: ' "$logs/fuzz-smoke.log" >&2
+    else
+      tail -n 60 "$logs/fuzz-smoke.log" >&2
+      echo "fuzz smoke run FAILED (whole log: $logs/fuzz-smoke.log)" >&2
+      failed=1
+    fi
+  fi
   [ "$failed" = 0 ] || { echo "some tests failed (see above)" >&2; exit 1; }
 }
 
@@ -219,5 +339,6 @@ case "${1:-demo}" in
   web) build_web ;;
   web-setup) setup_web ;;
   serve) shift; serve "$@" ;;
-  *) echo "usage: ./build.sh [demo|test|cli|web|serve]" >&2; exit 2 ;;
+  dist) shift; dist "$@" ;;
+  *) echo "usage: ./build.sh [demo|test|cli|web|serve|dist]" >&2; exit 2 ;;
 esac

@@ -6,13 +6,21 @@
 # RSS); the input that did it is saved under
 # fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run <target> <that file>).
 #
-#   fuzz/smoke.sh [SECONDS] [TARGET...]
+#   fuzz/smoke.sh [--build-only | --no-build] [SECONDS] [TARGET...]
+#
+# --build-only builds the targets and stops; --no-build runs targets built before (./build.sh test
+# builds them in the background while the native tests run, then fuzzes).
 #
 # Needs rustup: installs the nightly toolchain (minimal profile) and cargo-fuzz when missing.
 # Builds go to $CLIPIT_FUZZ_TARGET_DIR (default ~/.cache/clipit/target-fuzz), never to the main
 # target folder: the sanitizer flags would otherwise rebuild it from scratch.
 set -euo pipefail
 
+stage=all
+case "${1:-}" in
+    --build-only) stage=build; shift ;;
+    --no-build) stage=run; shift ;;
+esac
 secs=${1:-30}
 shift || true
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,10 +41,13 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 
 start=$(date +%s)
-for t in "${targets[@]}"; do
-    cargo +nightly fuzz build "$t"
-done
-echo "smoke.sh: built ${#targets[@]} targets in $(($(date +%s) - start)) s"
+if [ "$stage" != run ]; then
+    for t in "${targets[@]}"; do
+        cargo +nightly fuzz build "$t"
+    done
+    echo "smoke.sh: built ${#targets[@]} targets in $(($(date +%s) - start)) s"
+fi
+[ "$stage" != build ] || exit 0
 
 # New inputs libFuzzer finds go to a scratch folder; the committed seeds are only read.
 work=$(mktemp -d)

@@ -1,3 +1,5 @@
+import { adapterFacts } from './adapter.js';
+
 // When the browser loses the WebGPU device, the engine (src/web/lost.rs) has already made the CPU
 // its backend and dropped the model that lived on the GPU; it tells the page once, with the
 // reason. The page says so where the backend is shown, loads the model again (now on the CPU)
@@ -76,19 +78,15 @@ export function initTrainableWeights(ctx) {
 // threads, a rayon pool of Web Workers) wherever models will run on the CPU and the page is
 // cross-origin isolated, which wasm threads need; the WebGPU one (its CPU fallback on one thread)
 // otherwise. `?threads=0` keeps the one-thread engine; `?threads=N` sizes the pool (worker.js).
-let adapterFound = null;
+let adapterFound = null; // a promise: is there a hardware WebGPU adapter?
 
 /** 'mt' or 'main' for the backend preference `prefer` ('auto', 'webgpu' or 'cpu'). */
 export async function engineFor(prefer) {
   if (!self.crossOriginIsolated || new URLSearchParams(location.search).get('threads') === '0') return 'main';
   if (prefer === 'cpu') return 'mt';
   if (prefer === 'webgpu') return 'main';
-  adapterFound ??= (async () => {
-    try {
-      return Boolean(navigator.gpu && (await navigator.gpu.requestAdapter()));
-    } catch {
-      return false;
-    }
-  })();
+  // "Auto" uses WebGPU on a hardware adapter only (adapter.js): a software one is slower than
+  // the CPU engine.
+  adapterFound ??= adapterFacts().then((facts) => Boolean(facts && !facts.software));
   return (await adapterFound) ? 'main' : 'mt';
 }

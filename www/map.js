@@ -26,6 +26,7 @@ export function initMap(ctx) {
     total: 0,
     chunk: 16,
     maxChunk: 256, // tiles per request at most (the end-to-end test lowers it to catch a Cancel)
+    afterRequest: null, // test hook: awaited after each request (the end-to-end test holds the map there)
     cancel: false,
     elapsedMs: 0,
     error: null,
@@ -112,6 +113,7 @@ export function initMap(ctx) {
         progress(M.done, M.total);
         const want = (M.chunk * TARGET_MS) / Math.max(s.elapsed_ms, 1);
         M.chunk = Math.max(1, Math.min(M.maxChunk, Math.max(BATCH, Math.round(want / BATCH) * BATCH)));
+        if (M.afterRequest) await M.afterRequest(M);
       }
       M.state = M.cancel ? 'cancelled' : 'done';
       const rate = M.done / Math.max(M.elapsedMs / 1000, 1e-3);

@@ -23,6 +23,9 @@ export function initTrain(ctx) {
     total: 0,
     chunk: 1,
     maxChunk: 64, // steps per request at most (the end-to-end test lowers it to catch a pause)
+    // Test hook: an async function awaited after each request while running (the end-to-end
+    // test holds the loop at a step it chooses, so its Pause lands there on any machine speed).
+    afterRequest: null,
     runMs: 0, // time spent in steps, for the ETA
     savedAt: 0, // the step of the last checkpoint
     looping: false,
@@ -238,6 +241,7 @@ export function initTrain(ctx) {
           T.savedAt = T.stepsDone;
           await ckpt.save(T, false);
         }
+        if (T.afterRequest) await T.afterRequest(T);
       }
     } catch (err) {
       T.state = 'idle';

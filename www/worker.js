@@ -8,6 +8,8 @@
 // page cross-origin isolated). The page picks one per worker (worker.js?engine=mt|main, app.js);
 // when the multithreaded one cannot start, this worker runs the other and says why.
 
+import { adapterFacts, softwareReason } from './adapter.js';
+
 const tiles = new Map(); // tile id -> {name, bytes: Uint8Array}
 let corpus = null; // {name, bytes: Uint8Array}
 let labelled = null; // training tiles: {classes, names, labels: Uint32Array, bytes: Uint8Array[]}
@@ -50,25 +52,6 @@ async function startEngine(kind) {
 const wanted = params.get('engine') === 'mt' ? 'mt' : 'main';
 const ready = startEngine(wanted).then(() => clipit.on_device_lost((reason) => post({ event: 'device-lost', reason })));
 
-// WebGPU adapter facts that the wasm side cannot see (vendor, architecture).
-async function adapterFacts() {
-  try {
-    if (!self.navigator || !self.navigator.gpu) return null;
-    const adapter = await self.navigator.gpu.requestAdapter();
-    if (!adapter) return null;
-    const info = adapter.info || {};
-    return {
-      vendor: info.vendor || '',
-      architecture: info.architecture || '',
-      description: info.description || '',
-      isFallbackAdapter: Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter),
-      shaderF16: adapter.features.has('shader-f16'),
-    };
-  } catch {
-    return null;
-  }
-}
-
 function selection(ids) {
   const chosen = ids ? ids.map((id) => [id, tiles.get(id)]).filter(([, t]) => t) : [...tiles.entries()];
   return { ids: chosen.map(([id]) => id), bytes: chosen.map(([, t]) => t.bytes) };
@@ -77,14 +60,18 @@ function selection(ids) {
 const handlers = {
   async init({ prefer, dtype, debug: withHooks, debugF16 }) {
     debug = Boolean(withHooks);
-    // The multithreaded engine has no WebGPU: the page starts it where the CPU is to be used.
-    const mtAuto = engine.kind === 'mt' && (prefer || 'auto') === 'auto';
-    const info = await clipit.init(mtAuto ? 'cpu' : prefer || 'auto', dtype || null);
-    if (mtAuto) Object.assign(info, { prefer: 'auto', reason: 'the browser offers no WebGPU adapter' });
+    // "Auto" runs the CPU where the browser offers no WebGPU adapter or only a software one
+    // (SwiftShader, llvmpipe: slower than the CPU engine); the multithreaded engine has no WebGPU,
+    // so the page starts it only there. Choosing WebGPU still forces it.
+    const auto = (prefer || 'auto') === 'auto';
+    const facts = await adapterFacts();
+    const autoCpu = auto && (engine.kind === 'mt' || (facts && facts.software));
+    const info = await clipit.init(autoCpu ? 'cpu' : prefer || 'auto', dtype || null);
+    if (autoCpu) Object.assign(info, { prefer: 'auto', reason: facts && facts.software ? softwareReason(facts) : info.reason || 'the browser offers no WebGPU adapter' });
     // Test hook (?debug=1&debug_f16=1): WebGPU models report f16 weights and refuse to train, as
     // on an adapter with shader-f16 (SwiftShader has none), unless f32 was asked for.
     debugF16Weights = debug && Boolean(debugF16) && dtype !== 'f32';
-    info.gpu = info.backend === 'webgpu' || info.adapter ? await adapterFacts() : null;
+    info.gpu = info.backend === 'webgpu' || info.adapter ? facts : null;
     info.engine = engine.kind;
     info.engine_note = engine.note;
     info.version = clipit.version();

@@ -52,7 +52,7 @@ async function demoLoaded(page, what) {
 }
 
 async function checkDeviceLost(page, origin) {
-  await page.goto(`${origin}/?debug=1`);
+  await page.goto(`${origin}/?backend=webgpu&debug=1`);
   await demoLoaded(page, 'the demo bundle loads on WebGPU');
   const panel = await modelPanel(page);
   check(/^WebGPU/.test(panel.Backend || ''), `the demo model is on WebGPU (${panel.Backend})`);
@@ -100,7 +100,7 @@ async function checkDeviceLost(page, origin) {
 }
 
 async function checkDtypeFlag(page, origin) {
-  await page.goto(`${origin}/?dtype=f16`);
+  await page.goto(`${origin}/?backend=webgpu&dtype=f16`);
   await demoLoaded(page, 'the demo bundle loads with ?dtype=f16');
   const panel = await modelPanel(page);
   const note = await page.evaluate(() => window.clipitApp.backend.dtype_note || '');
@@ -115,7 +115,7 @@ async function checkDtypeFlag(page, origin) {
 // ?debug_f16=1 makes the worker report the WebGPU weights as f16 and refuse to train on them,
 // as the engine does on real f16 weights (src/precision.rs, tested natively on lavapipe).
 async function checkF16Training(page, origin) {
-  await page.goto(`${origin}/?debug=1&debug_f16=1`);
+  await page.goto(`${origin}/?backend=webgpu&debug=1&debug_f16=1`);
   await demoLoaded(page, 'the demo bundle loads with (simulated) f16 weights');
   const panel = await modelPanel(page);
   check(panel.Weights === 'f16' && /^WebGPU/.test(panel.Backend || ''), `the Model panel shows f16 weights on WebGPU (${panel.Weights})`);

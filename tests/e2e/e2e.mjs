@@ -32,7 +32,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CLASSES, OUT, REF, ROOT, STEP_TIMEOUT, TOL, TOP_K, check, cliPairs, cliProbs, compareHits, compareProbs, compareTrained, dropItems, exportCsv, idle, log, nativePredictions, openBrowser, parseCsv, result, SCENARIOS, startServer } from './lib.mjs';
+import { CLASSES, OUT, REF, ROOT, STEP_TIMEOUT, TOL, TOP_K, check, cliPairs, cliProbs, compareHits, compareProbs, compareTrained, dropItems, exportCsv, holdLoop, idle, log, nativePredictions, openBrowser, parseCsv, release, result, SCENARIOS, startServer, waitHeld } from './lib.mjs';
 import { runRealDemo } from './demo.mjs';
 import { runHardening } from './hardening.mjs';
 import { runDeviceLost } from './device_lost.mjs';
@@ -117,21 +117,15 @@ async function checkSlideMap(page, sc, timings) {
   check((await page.evaluate(() => window.clipitApp.map.view.s)) > s0, 'the + key zooms the map in');
   await page.keyboard.press('0');
 
-  // Map again one tile per request, and cancel it mid-way; then the downloads are off.
+  // Map again one tile per request, held after the first tile (a test hook, so the Cancel lands
+  // mid-way on any machine speed), and cancel it there; then the downloads are off.
   await page.evaluate(() => (window.clipitApp.map.maxChunk = 1));
-  await page.evaluate(
-    () =>
-      new Promise((resolve) => {
-        const M = window.clipitApp.map;
-        document.querySelector('#map-run').click();
-        const t = setInterval(() => {
-          if (M.state !== 'running' || M.done < 1) return;
-          clearInterval(t);
-          document.querySelector('#map-cancel').click(); // as a user would, between two requests
-          resolve();
-        }, 0);
-      }),
-  );
+  await holdLoop(page, 'map', { tiles: 1 });
+  await page.click('#map-run');
+  const mapError = await waitHeld(page, 'map');
+  check(!mapError, `the map is held after its first tile${mapError ? ` (${mapError})` : ''}`);
+  await page.click('#map-cancel'); // as a user would, between two requests
+  await release(page, 'map');
   await page.waitForFunction(() => window.clipitApp.map.state !== 'running', null, { timeout: STEP_TIMEOUT });
   const c = await page.evaluate(() => ({ state: window.clipitApp.map.state, done: window.clipitApp.map.done, total: window.clipitApp.map.total }));
   check(c.state === 'cancelled' && c.done < c.total, `Cancel stops the map after ${c.done} of ${c.total} tiles`);
@@ -170,7 +164,16 @@ async function runScenario(sc, port) {
     // On WebGPU, micro-batching is on (as if the adapter's buffers held 100 kB), so every
     // comparison below also checks results computed in smaller batches.
     // The warm-up is forced for open_clip: SwiftShader is a software adapter, where it is skipped.
-    await page.goto(`${origin}/?demo=0${sc.expect === 'webgpu' ? `&batch_limit=${BATCH_LIMIT}&warmup=always` : ''}`);
+    if (sc.expect === 'webgpu') {
+      // SwiftShader is a software adapter: "Auto" runs the CPU engine there and says why.
+      await page.goto(`${origin}/?demo=0`);
+      await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120000 });
+      const auto = await page.evaluate(() => window.clipitApp.backend);
+      check(auto.backend === 'cpu' && /only WebGPU adapter is a software one \(SwiftShader\)/.test(auto.reason || ''), `"Auto" runs the CPU on a software adapter: ${auto.backend}, ${auto.reason}`);
+      check(/CPU/.test(await page.textContent('#backend-badge')), 'the badge shows the CPU');
+    }
+    // On WebGPU the test chooses it (?backend=webgpu), as a user would under "Compute on".
+    await page.goto(`${origin}/?demo=0${sc.expect === 'webgpu' ? `&backend=webgpu&batch_limit=${BATCH_LIMIT}&warmup=always` : ''}`);
     await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120000 });
     const backend = await page.evaluate(() => window.clipitApp.backend);
     log(`  backend: ${JSON.stringify({ backend: backend.backend, reason: backend.reason, gpu: backend.gpu })}`);
@@ -298,7 +301,7 @@ async function runTraining(sc, port) {
   const timings = {};
   const shot = (name) => path.join(OUT, `clipit-e2e-${sc.name}-${name}.png`);
   try {
-    await page.goto(`${origin}/`);
+    await page.goto(`${origin}/${sc.expect === 'webgpu' ? '?backend=webgpu' : ''}`);
     await page.waitForFunction(() => document.body.dataset.demo, null, { timeout: STEP_TIMEOUT });
     await idle(page, 'the demo bundle loads on open and classifies its tiles');
     const m = await page.evaluate(() => window.clipitApp.model);
@@ -316,16 +319,20 @@ async function runTraining(sc, port) {
     check((await page.textContent('#train-data')).includes(`${nTiles} labelled tiles in ${classes.length} classes`), 'the labelled folder picker reads one class per sub-folder');
 
     for (const [id, v] of Object.entries({ '#hp-epochs': 3, '#hp-batch': 4, '#hp-lr': 0.01, '#hp-val-every': 2 })) await page.fill(id, String(v));
-    await page.evaluate(() => (window.clipitApp.train.maxChunk = 1)); // one step per request, so a pause lands mid-way
+    // One step per request, held after step 1 (a test hook), so the Pause lands mid-way on any machine speed.
+    await page.evaluate(() => (window.clipitApp.train.maxChunk = 1));
+    await holdLoop(page, 'train', { steps: 1 });
     const t0 = Date.now();
     await page.click('#train-start');
-    await page.waitForFunction(() => window.clipitApp.train.stepsDone >= 1 || window.clipitApp.train.error, null, { timeout: STEP_TIMEOUT });
+    const trainError = await waitHeld(page, 'train');
+    check(!trainError, `the training is held after its first step${trainError ? ` (${trainError})` : ''}`);
     await page.click('#train-pause');
+    await release(page, 'train');
     await page.waitForFunction(() => window.clipitApp.train.state === 'paused' && !window.clipitApp.train.looping, null, { timeout: STEP_TIMEOUT });
     const paused = (await trainingState(page)).stepsDone;
     await page.waitForTimeout(1500);
     st = await trainingState(page);
-    check(st.state === 'paused' && st.stepsDone === paused && paused < st.total, `Pause holds the session at step ${paused} of ${st.total}`);
+    check(st.state === 'paused' && st.stepsDone === paused && paused === 1 && paused < st.total, `Pause holds the session at step ${paused} of ${st.total}`);
     check((await page.textContent('#train-pause')) === 'Resume', 'the Pause button turns into Resume');
     await page.click('#train-pause');
     await page.waitForFunction(() => ['done', 'idle'].includes(window.clipitApp.train.state), null, { timeout: STEP_TIMEOUT });

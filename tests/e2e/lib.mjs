@@ -103,6 +103,42 @@ export async function idle(page, what) {
   return status;
 }
 
+/**
+ * Holds one of the page's request loops (`panel`: 'train' or 'map') after the first request at
+ * which `at` is reached (`{ steps: k }`: k training steps done; `{ checkpoint: k }`: a training
+ * checkpoint kept at step k or later; `{ tiles: k }`: k map tiles done), through the loop's
+ * `afterRequest` test hook, and waits until it is held there. A Pause, Cancel or reload that the
+ * test does next lands at that point whatever the machine's speed; `release` lets the loop go on.
+ */
+export async function holdLoop(page, panel, at) {
+  await page.evaluate(([panel, at]) => {
+    const app = window.clipitApp;
+    const reached = (s) =>
+      (at.steps !== undefined && s.stepsDone >= at.steps) ||
+      (at.checkpoint !== undefined && ((app.checkpoint && app.checkpoint.saved) || {}).step >= at.checkpoint) ||
+      (at.tiles !== undefined && s.done >= at.tiles);
+    window.__held = window.__held || {};
+    delete window.__held[panel];
+    app[panel].afterRequest = (s) => (reached(s) ? new Promise((resolve) => (window.__held[panel] = resolve)) : undefined);
+  }, [panel, at]);
+}
+
+/** Waits until `holdLoop`'s loop is held (or the panel reports an error); returns that error. */
+export async function waitHeld(page, panel) {
+  await page.waitForFunction((panel) => (window.__held || {})[panel] || window.clipitApp[panel].error, panel, { timeout: STEP_TIMEOUT, polling: 50 });
+  return page.evaluate((panel) => window.clipitApp[panel].error, panel);
+}
+
+/** Removes the hold of `holdLoop` and lets the held loop go on. */
+export async function release(page, panel) {
+  await page.evaluate((panel) => {
+    window.clipitApp[panel].afterRequest = null;
+    const go = (window.__held || {})[panel];
+    delete window.__held[panel];
+    if (go) go();
+  }, panel);
+}
+
 export async function exportCsv(page) {
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
   return parseCsv(fs.readFileSync(await download.path(), 'utf8'));

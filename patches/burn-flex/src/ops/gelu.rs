@@ -99,13 +99,14 @@ unsafe fn grad_avx2(x: &[f32], grad: &mut [f32]) {
 }
 
 /// Whether the AVX2 + FMA versions can run (checked once by std).
+#[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_avx2() -> bool {
-    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[cfg(feature = "std")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
-    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+    #[cfg(not(feature = "std"))]
     {
         false
     }
