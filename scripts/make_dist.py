@@ -118,6 +118,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "dist"))
     ap.add_argument("--allow-origin", action="append", default=[], metavar="URL")
     ap.add_argument("--demo", default=os.path.join(ROOT, "data", "demo"))
+    ap.add_argument("--no-compress", action="store_true", help="no .gz/.br copies (the end-to-end test)")
     args = ap.parse_args()
     try:
         origins = [serve.origin_of(u) for u in args.allow_origin]
@@ -151,9 +152,15 @@ def main():
         sys.exit(f"make_dist.py: {html_path} has no {marker} to put the policy after")
     html = html.replace(marker, marker + "\n    " + meta_csp(origins), 1)
     open(html_path, "w", encoding="utf-8").write(html)
+    sw_path = os.path.join(tmp, "coi-sw.js")
+    sw = open(sw_path, encoding="utf-8").read()
+    if "const POLICY = '';" not in sw:
+        sys.exit(f"make_dist.py: {sw_path} has no `const POLICY = '';` to fill in")
+    open(sw_path, "w", encoding="utf-8").write(sw.replace("const POLICY = '';", f"const POLICY = {json.dumps(serve.csp_for(origins))};", 1))
     listed = "".join(f" and {o}" for o in origins)
     open(os.path.join(tmp, "HOSTING.md"), "w").write(HOSTING.format(origins=listed))
-    compress(tmp)
+    if not args.no_compress:
+        compress(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.rename(tmp, out)
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs if not f.endswith((".gz", ".br")))

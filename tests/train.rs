@@ -386,3 +386,30 @@ fn contrastive_baseline_learns_and_tests_as_zero_shot() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("needs a CLIP model"), "{err}");
 }
+
+#[test]
+fn baselines_are_measured_on_the_validation_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = lung_subset(tmp.path(), 30) else { return };
+    let data = data.to_str().unwrap();
+    let run = tmp.path().join("run");
+    let mut args = train_args("linear-probe", data, run.to_str().unwrap(), &["--baselines"]);
+    args[4] = "tests/fixtures/conch"; // a CLIP as the backbone: zero-shot needs its text tower
+    ok(clipit(&args));
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("baselines.json")).unwrap())
+            .unwrap();
+    let zero_shot = b["zero_shot"]["balanced_accuracy"].as_f64().unwrap();
+    let probe = b["linear_probe"]["balanced_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&zero_shot), "zero-shot {zero_shot}");
+    // LC25000's classes differ in colour, which even a random-init CLIP's embeddings keep.
+    assert!(probe > 0.5, "the linear probe ({probe}) is not clearly above chance (1/3)");
+    let val = b["zero_shot"]["accuracy"].as_f64().unwrap() * 27.0;
+    assert!((val - val.round()).abs() < 1e-6, "the figures are over the 27 validation tiles");
+
+    // A backbone without a text tower cannot give zero-shot figures: a clear error.
+    let bad = tmp.path().join("bad");
+    let out = clipit(&train_args("linear-probe", data, bad.to_str().unwrap(), &["--baselines"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--baselines needs a CLIP"));
+}

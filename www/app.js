@@ -4,7 +4,7 @@
 // works" map in how.js; they get the helpers below through `ctx`.
 import { initTrain } from './train.js';
 import { initMap } from './map.js';
-import { findDemo, loadDemo } from './demo.js';
+import { describeDemo, findDemo, loadDemo } from './demo.js';
 import { entriesOf, headOf, someNames, topLevel } from './files.js';
 import { exportCsv } from './export.js';
 import { initModels } from './models.js';
@@ -544,6 +544,9 @@ async function main() {
   const wanted = new URLSearchParams(location.search).get('backend');
   if (['auto', 'webgpu', 'cpu'].includes(wanted)) $('#backend').value = wanted;
   wire();
+  // coi.js: null when the page is cross-origin isolated, else why not (the engine then runs on
+  // one thread); it never resolves while the page reloads behind its service worker.
+  app.isolation = window.clipitIsolation ? await window.clipitIsolation : null;
   startWorker(await engineFor($('#backend').value));
   document.body.dataset.busy = '1';
   if (await initBackend()) {
@@ -552,7 +555,7 @@ async function main() {
     setStatus(
       b.backend === 'webgpu'
         ? `Ready: WebGPU is available${software ? ' through a software adapter, which can be slower than the CPU for large models (switch “Compute on” to CPU if so)' : ''}. Load a model to begin.`
-        : `Ready on the ${cpuName()}: ${b.reason}. Load a model to begin.`,
+        : `Ready on the ${cpuName()}: ${b.reason}${workerEngine === 'main' && app.isolation ? ` (one thread: ${app.isolation})` : ''}. Load a model to begin.`,
     );
     if (b.dtype_note) setStatus(b.dtype_note, 'error');
   }
@@ -564,6 +567,7 @@ async function main() {
   updateButtons();
   app.demo = await findDemo();
   $('#demo-box').hidden = !app.demo;
+  if (app.demo) $('#demo-facts').textContent = describeDemo(app.demo);
   const auto = new URLSearchParams(location.search).get('demo') !== '0';
   if (app.demo && app.backend && auto) await loadDemo(ctx, app.demo).catch((err) => setStatus(`Loading the demo failed: ${err.message}`, 'error'));
   document.body.dataset.demo = app.demo ? 'loaded' : 'none';

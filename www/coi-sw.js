@@ -4,6 +4,10 @@
 // so the multithreaded CPU engine (wasm threads need SharedArrayBuffer) can start. Requests to
 // other origins pass through untouched. Registered by coi.js; a no-op where the host already
 // isolates the page.
+// The page's Content-Security-Policy, which scripts/make_dist.py writes in (a static host sends
+// none): the page has it as a <meta> tag, but a worker only obeys its own response's header.
+const POLICY = '';
+
 self.addEventListener('install', () => self.skipWaiting());
 self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
 
@@ -17,6 +21,7 @@ self.addEventListener('fetch', (event) => {
       const headers = new Headers(response.headers);
       headers.set('Cross-Origin-Opener-Policy', 'same-origin');
       headers.set('Cross-Origin-Embedder-Policy', 'require-corp');
+      if (POLICY && ['document', 'worker', 'sharedworker'].includes(request.destination)) headers.set('Content-Security-Policy', POLICY);
       return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
     }),
   );

@@ -92,7 +92,16 @@ def demo_index(demo):
                 if imgs:
                     tiles[cls] = imgs
     reports = "reports.jsonl" if os.path.isfile(os.path.join(demo, "reports.jsonl")) else None
-    return json.dumps({"name": "Demo model", "model": files, "reports": reports, "tiles": tiles}).encode()
+    index = {"name": "Demo model", "model": files, "reports": reports, "tiles": tiles}
+    # tiles.json: which tiles the Tiles panel shows first and which the Train panel trains on,
+    # and where they come from; heldout.json: the model's figures on tiles it never trained on.
+    for key, name in (("split", "tiles.json"), ("heldout", "heldout.json")):
+        try:
+            with open(os.path.join(demo, name), encoding="utf-8") as f:
+                index[key] = json.load(f)
+        except (OSError, ValueError):
+            pass
+    return json.dumps(index).encode()
 
 
 def make_handler(www, pkg, demo, csp=CSP):

@@ -165,9 +165,33 @@ export function initTrain(ctx) {
       kids.push(node('polyline', { class: 'acc-line', points: T.vals.map(([s, a]) => `${x(s).toFixed(1)},${ya(a).toFixed(1)}`).join(' ') }));
       for (const [s, a] of T.vals) kids.push(node('circle', { class: 'acc-dot', cx: x(s).toFixed(1), cy: ya(a).toFixed(1), r: 3 }));
     }
+    const base = T.prep && T.prep.baselines;
+    if (base) {
+      for (const [cls, score] of [['zero-shot-line', base.zero_shot], ['probe-line', base.linear_probe]]) {
+        if (score) kids.push(node('line', { class: `baseline ${cls}`, x1: L, x2: W - R, y1: ya(score.balanced_accuracy).toFixed(1), y2: ya(score.balanced_accuracy).toFixed(1) }));
+      }
+    }
     svg.replaceChildren(...kids);
     const last = T.vals[T.vals.length - 1];
     title.textContent = `Training loss and validation balanced accuracy: ${T.losses.length} steps${T.losses.length ? `, last loss ${T.losses[T.losses.length - 1][1].toFixed(4)}` : ''}${last ? `, balanced accuracy ${last[1].toFixed(3)} at step ${last[0]}` : ''}`;
+  }
+
+  /** The run against its baselines, all on the same validation tiles (never trained on). */
+  function baselines() {
+    const box = $('#train-baselines');
+    const base = T.prep && T.prep.baselines;
+    box.hidden = !base;
+    if (!base) return;
+    const f = (s) => s.balanced_accuracy.toFixed(3);
+    const last = T.report ? T.report.balanced_accuracy : T.vals.length ? T.vals[T.vals.length - 1][1] : null;
+    const parts = [base.zero_shot && `zero-shot ${f(base.zero_shot)} (the class prompts, no training)`, `linear probe ${f(base.linear_probe)} (a logistic regression on the ${T.prep.train} training tiles' frozen embeddings)`];
+    if (last !== null) parts.push(`CLIP-IT ${last.toFixed(3)}${T.report ? '' : ` at step ${T.vals[T.vals.length - 1][0]}`}`);
+    let verdict = '';
+    if (T.report) {
+      const best = Math.max(base.zero_shot ? base.zero_shot.balanced_accuracy : 0, base.linear_probe.balanced_accuracy);
+      verdict = last > best + 1e-9 ? ' CLIP-IT beats both baselines here.' : ' A baseline does as well or better here: with few labelled tiles and a small model, the probe on frozen embeddings is hard to beat; more tiles, steps or a stronger CLIP help CLIP-IT.';
+    }
+    box.textContent = `Balanced accuracy on the ${T.prep.val} validation tiles, which no step trained on: ${parts.join('; ')}.${verdict}`;
   }
 
   function progress() {
@@ -179,6 +203,7 @@ export function initTrain(ctx) {
     const acc = T.vals.length ? `, validation balanced accuracy ${T.vals[T.vals.length - 1][1].toFixed(3)}` : '';
     const what = { running: 'Training', paused: 'Paused', stopping: 'Stopping', done: 'Done' }[T.state] || 'Step';
     $('#train-eta').textContent = `${what}: step ${T.stepsDone} of ${T.total}${loss}${acc}${T.state === 'running' && per ? `; about ${fmtMs(left)} left` : ''}.`;
+    baselines();
   }
 
   // ---- the session ----

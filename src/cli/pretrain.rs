@@ -56,6 +56,9 @@ pub struct PretrainArgs {
     /// (UniCL): with few classes the plain CLIP loss pushes same-class pairs apart.
     #[arg(long)]
     class_aware: bool,
+    /// Anneal the learning rate along a cosine from --lr to 1e-4 over the whole run.
+    #[arg(long)]
+    cosine: bool,
     /// Write the weights as float16 (half the size).
     #[arg(long)]
     f16: bool,
@@ -79,6 +82,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
             weight_decay: a.weight_decay,
             grad_clip: (a.grad_clip > 0.0).then_some(a.grad_clip),
             seed: a.seed,
+            cosine: a.cosine,
             ..TrainOptions::default()
         },
     };

@@ -8,10 +8,13 @@ use clipit::data::{list_images, ImageFolder};
 use clipit::lora::LoraConfig;
 use clipit::metrics::Report;
 use clipit::model::Model;
+use clipit::train::baseline::clip_baselines;
 use clipit::train::checkpoint::RunDir;
 use clipit::train::heads::HeadsConfig;
 use clipit::train::inference::load_run;
-use clipit::train::run::{data_classes, train as run_training, Method, RunConfig, TrainInputs};
+use clipit::train::run::{
+    data_classes, load_splits, train as run_training, Method, RunConfig, TrainInputs,
+};
 use clipit::train::trainer::{StepLog, TrainOptions};
 use clipit::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -107,6 +110,11 @@ pub struct TrainArgs {
     /// Continue from the run folder's last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// First measure the two baselines on the same validation split, as the page's Train panel
+    /// does (--backbone must be a CLIP): zero-shot with the default prompts and a linear probe
+    /// (logistic regression) on the frozen embeddings; printed and written to baselines.json.
+    #[arg(long)]
+    baselines: bool,
     /// Compute backend (cpu, wgpu, cuda).
     #[arg(long, default_value = "cpu")]
     backend: Backend,
@@ -209,10 +217,31 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             val_every: a.val_every,
             cosine: a.cosine,
             max_steps: a.max_steps,
+            ..TrainOptions::default()
         },
     };
-    drop(backbone);
     let run = RunDir::create(&a.out)?;
+    if a.baselines {
+        if !backbone.has_text() {
+            return Err(Error::format(
+                a.backbone.display(),
+                "--baselines needs a CLIP (with a text encoder) as --backbone",
+            ));
+        }
+        let (train, val) = load_splits(&cfg)?;
+        let b = clip_baselines(&backbone, &train, &val, &clipit::zeroshot::default_templates())?;
+        let fmt = |s: Option<clipit::train::baseline::Score>| {
+            s.map_or("n/a".into(), |s| format!("{:.4}", s.balanced_accuracy))
+        };
+        eprintln!(
+            "baselines on the {} validation images: zero-shot balanced accuracy {}, linear probe {}",
+            val.len(),
+            fmt(b.zero_shot),
+            fmt(Some(b.linear_probe))
+        );
+        run.write_json("baselines.json", &b)?;
+    }
+    drop(backbone);
     let bar = step_progress();
     let mut on_step = |log: &StepLog, total: usize| show_step(&bar, log, total);
     let inputs = TrainInputs { on_step: &mut on_step, resume: a.resume, devices };

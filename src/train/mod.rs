@@ -2,6 +2,7 @@
 //! CLIP-IT heads and losses, the optimiser, the training loop and run folders.
 
 pub mod augment;
+pub mod baseline;
 pub mod checkpoint;
 pub mod classifier;
 pub mod contrastive;

@@ -194,8 +194,9 @@ pub fn pretrain(
         heads: heads.init(&device),
         text: clip.text.clone(),
     };
-    let mut trainer = Trainer::new(model, opts.clone());
     let total = opts.max_steps.unwrap_or(usize::MAX).min(loader.num_batches() * opts.epochs);
+    // A cosine schedule spans this run.
+    let mut trainer = Trainer::new(model, TrainOptions { cosine_steps: total, ..opts.clone() });
     let (mut first, mut last) = (f64::NAN, f64::NAN);
     'epochs: for epoch in 0..opts.epochs {
         let (mut sum, mut n) = (0.0, 0usize);

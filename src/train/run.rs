@@ -147,7 +147,7 @@ pub struct TrainInputs<'a> {
 
 /// The training and validation sets: a manifest's own splits (or a split of its training rows by
 /// group, then by class), or a stratified split of an ImageFolder.
-fn load_splits(cfg: &RunConfig) -> Result<(Dataset, Dataset)> {
+pub fn load_splits(cfg: &RunConfig) -> Result<(Dataset, Dataset)> {
     let seed = cfg.options.seed;
     if cfg.data.is_file() {
         let m = read_manifest(&cfg.data)?;

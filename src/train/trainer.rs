@@ -32,8 +32,10 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Validate every this many steps (0: once per epoch).
     pub val_every: usize,
-    /// Cosine schedule (T_max 12,500 steps, eta_min 1e-4, as the official `--scheduler 1`).
+    /// Cosine schedule (eta_min 1e-4, as the official `--scheduler 1`) over `cosine_steps`.
     pub cosine: bool,
+    /// The cosine schedule's T_max in steps (the official code's 12,500 by default).
+    pub cosine_steps: usize,
     /// Stop after this many steps in total (for quick runs and tests).
     pub max_steps: Option<usize>,
 }
@@ -51,6 +53,7 @@ impl Default for TrainOptions {
             seed: 0,
             val_every: 0,
             cosine: false,
+            cosine_steps: 12_500,
             max_steps: None,
         }
     }
@@ -195,7 +198,7 @@ impl<M: Module> Trainer<M> {
     /// The learning rate for the next step.
     pub fn current_lr(&self) -> f64 {
         if self.opts.cosine {
-            cosine_lr(self.opts.lr, 1e-4, self.step, 12_500)
+            cosine_lr(self.opts.lr, 1e-4, self.step, self.opts.cosine_steps)
         } else {
             self.opts.lr
         }

@@ -363,20 +363,7 @@ pub async fn zero_shot(
     let names = image_names(names, images.len())?;
     let images = images_from_js(&images);
     let model = &loaded.model;
-
-    // Every prompt of every class in as few forward passes as possible (each pass has a fixed
-    // cost on WebGPU), then split per class on the device.
-    let all: Vec<String> = prompts(&classes, &templates).into_iter().flatten().collect();
-    let mut chunks = Vec::new();
-    let per_pass = loaded.batches.text;
-    for (i, chunk) in all.chunks(per_pass).enumerate() {
-        chunks.push(model.encode_texts(chunk).map_err(err)?);
-        progress.report("classes", (i * per_pass + chunk.len()).min(all.len()), all.len());
-    }
-    let all = Tensor::cat(chunks, 0);
-    let t = templates.len();
-    let per_class = (0..classes.len()).map(|c| all.clone().slice(c * t..(c + 1) * t)).collect();
-    let class_embeds = class_embeddings(per_class).map_err(err)?;
+    let class_embeds = class_text_embeddings(&loaded, &classes, &templates, &progress)?;
 
     let rows = image_rows(&loaded, &images, &names, &progress).await?;
     let ok: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_ok()).collect();
@@ -414,6 +401,28 @@ pub async fn zero_shot(
         })
         .collect();
     to_js(&ZeroShotResult { classes, templates, images, elapsed_ms: now_ms() - start })
+}
+
+/// One embedding per class (`[C, D]`) from its prompts: every prompt of every class in as few
+/// forward passes as possible (each pass has a fixed cost on WebGPU), then split per class on
+/// the device. Reports progress as stage "classes".
+pub(super) fn class_text_embeddings(
+    loaded: &Loaded,
+    classes: &[String],
+    templates: &[String],
+    progress: &Progress,
+) -> Result<Tensor<2>, JsError> {
+    let all: Vec<String> = prompts(classes, templates).into_iter().flatten().collect();
+    let mut chunks = Vec::new();
+    let per_pass = loaded.batches.text;
+    for (i, chunk) in all.chunks(per_pass).enumerate() {
+        chunks.push(loaded.model.encode_texts(chunk).map_err(err)?);
+        progress.report("classes", (i * per_pass + chunk.len()).min(all.len()), all.len());
+    }
+    let all = Tensor::cat(chunks, 0);
+    let t = templates.len();
+    let per_class = (0..classes.len()).map(|c| all.clone().slice(c * t..(c + 1) * t)).collect();
+    class_embeddings(per_class).map_err(err)
 }
 
 /// The same as [`zero_shot`]: classifies images into the given classes.

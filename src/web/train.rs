@@ -14,7 +14,7 @@ use js_sys::{Function, Uint8Array};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-use super::api::{err, image_rows, loaded, with_text, ImageProbs, JsResult};
+use super::api::{class_text_embeddings, err, image_rows, loaded, with_text, ImageProbs, JsResult};
 use super::js::{image_names, images_from_js, js_error, now_ms, to_js, Progress};
 use super::reports::corpus_embeds;
 use super::state::Loaded;
@@ -22,9 +22,11 @@ use crate::metrics::{argmax_rows, Report};
 use crate::precision::check_trainable;
 use crate::preprocess::{decode_rgb, max_pixels, preprocess};
 use crate::retrieval::{matrix_from_host, matrix_to_host_async, top_k_async};
+use crate::train::baseline::{baselines, Baselines};
 use crate::train::classifier::Classifier;
 use crate::train::session::{LabelledImages, ReportTargets, SessionOptions, TrainSession};
 use crate::train::trainer::StepLog;
+use crate::zeroshot::default_templates;
 
 /// An image left out of training, and why.
 #[derive(Serialize)]
@@ -39,9 +41,12 @@ struct Skipped {
 /// report corpus (plain text or JSONL, as [`super::retrieve`]); `options` is a partial
 /// [`SessionOptions`] object (missing fields take the paper's defaults, batch 16). Every tile is
 /// paired with its most similar report (the pseudo-pairs), the text tower embeds each report
-/// once, and a stratified validation split is held out. Resolves to `{classes, train, val,
-/// total_steps, steps_per_epoch, options, skipped: [{name, error}], pairs: [{name, report_id,
-/// score}], elapsed_ms}`.
+/// once, and a stratified validation split is held out. The two baselines the run is judged
+/// against are measured on that split at once ([`crate::train::baseline`]): zero-shot with the
+/// default prompts and a linear probe on the training split's frozen embeddings. Resolves to
+/// `{classes, train, val, total_steps, steps_per_epoch, options, skipped: [{name, error}], pairs:
+/// [{name, report_id, score}], baselines: {zero_shot: {balanced_accuracy, accuracy},
+/// linear_probe: {...}}, elapsed_ms}`.
 #[allow(clippy::too_many_arguments)]
 #[wasm_bindgen]
 pub async fn train_prepare(
@@ -70,6 +75,7 @@ pub async fn train_prepare(
         options: SessionOptions,
         skipped: Vec<Skipped>,
         pairs: Vec<Pair>,
+        baselines: Baselines,
         elapsed_ms: f64,
     }
     let start = now_ms();
@@ -121,6 +127,7 @@ pub async fn train_prepare(
         .collect();
     let (table, _) = matrix_to_host_async(reports.embeds.clone()).await.map_err(err)?;
     let targets = ReportTargets::new(table, dim, &hits).map_err(err)?;
+    let labels = data.labels.clone();
     let session = TrainSession::new(&loaded.model, data, targets, opts).map_err(err)?;
     let pairs = session
         .targets()
@@ -135,6 +142,12 @@ pub async fn train_prepare(
         })
         .collect();
     let (train, val) = session.split();
+    let classes = &session.info().classes;
+    let class_embeds = class_text_embeddings(&loaded, classes, &default_templates(), &progress)?;
+    let (class_embeds, _) = matrix_to_host_async(class_embeds).await.map_err(err)?;
+    let baselines =
+        baselines(&embeds, dim, &labels, classes.len(), (train, val), Some(&class_embeds))
+            .map_err(err)?;
     let out = Out {
         classes: session.info().classes.clone(),
         train: train.len(),
@@ -144,6 +157,7 @@ pub async fn train_prepare(
         options: session.options().clone(),
         skipped,
         pairs,
+        baselines,
         elapsed_ms: now_ms() - start,
     };
     *loaded.training.borrow_mut() = Some(session);

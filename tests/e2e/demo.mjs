@@ -128,7 +128,7 @@ export async function runRealDemo(sc, slide) {
     await demoLoaded(page, 'the real demo bundle loads on open and classifies its tiles');
     timings.real_demo_open_ms = Date.now() - t0;
     const classes = fs.readFileSync(path.join(REF, 'real_demo_classes.txt'), 'utf8').trim().split(',');
-    const nTiles = classes.reduce((n, c) => n + fs.readdirSync(path.join(BUNDLE, 'tiles', c)).length, 0);
+    const nTiles = classes.reduce((n, c) => n + fs.readdirSync(path.join(REF, 'real_demo_show', c)).length, 0);
     const st = await page.evaluate(() => ({ model: window.clipitApp.model, classes: window.clipitApp.classes, tiles: window.clipitApp.tiles.length, corpus: window.clipitApp.corpus && window.clipitApp.corpus.name }));
     check(st.model && st.model.name === 'Demo model' && st.model.backend === sc.expect && st.tiles === nTiles && st.corpus === 'reports.jsonl', `the demo model, its ${st.tiles} tiles and reports.jsonl are loaded on ${st.model && st.model.backend}`);
     check(st.classes.join() === classes.join(), `the page classifies into the bundle's classes: ${st.classes.join(', ')}`);
@@ -159,6 +159,13 @@ export async function runRealDemo(sc, slide) {
     timings.real_demo_train_ms = Date.now() - t1;
     await idle(page, 'train on the real demo');
     check((await page.locator('#train-confusion tbody tr').count()) === classes.length, `training on the demo finished with a ${classes.length}-class confusion matrix in ${timings.real_demo_train_ms} ms`);
+    // Before and after on the same validation tiles: zero-shot, the linear probe and CLIP-IT.
+    const tr = await page.evaluate(() => ({ base: window.clipitApp.train.prep.baselines, report: window.clipitApp.train.report, val: window.clipitApp.train.prep.val }));
+    const inUnit = (x) => Number.isFinite(x) && x >= 0 && x <= 1;
+    check(tr.base && tr.base.zero_shot && inUnit(tr.base.zero_shot.balanced_accuracy) && inUnit(tr.base.linear_probe.balanced_accuracy), `the Train panel measures zero-shot (${tr.base && tr.base.zero_shot && tr.base.zero_shot.balanced_accuracy.toFixed(3)}) and a linear probe (${tr.base && tr.base.linear_probe.balanced_accuracy.toFixed(3)}) on its ${tr.val} validation tiles`);
+    const said = await page.textContent('#train-baselines');
+    check(tr.report && said.includes(`zero-shot ${tr.base.zero_shot.balanced_accuracy.toFixed(3)}`) && said.includes(`CLIP-IT ${tr.report.balanced_accuracy.toFixed(3)}`), `it shows them beside CLIP-IT's: ${said}`);
+    timings.real_demo_baselines = { zero_shot: tr.base && tr.base.zero_shot, linear_probe: tr.base && tr.base.linear_probe, clipit: tr.report && tr.report.balanced_accuracy };
     await page.waitForFunction(() => window.clipitApp.how.state === 'done', null, { timeout: STEP_TIMEOUT });
     check(/step \d+ of \d+/.test(await page.textContent('#how-step-distill')) && /trained image encoder/.test(await page.textContent('#how-step-infer')), 'the pipeline shows the training and the vision-only inference');
     await page.locator('#train').screenshot({ path: shot('train') });

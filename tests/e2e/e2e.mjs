@@ -36,6 +36,7 @@ import { CLASSES, OUT, REF, ROOT, STEP_TIMEOUT, TOL, TOP_K, check, cliPairs, cli
 import { runRealDemo } from './demo.mjs';
 import { runHardening } from './hardening.mjs';
 import { runDeviceLost } from './device_lost.mjs';
+import { runDist } from './dist.mjs';
 
 const TILES = path.join(ROOT, 'tests/data/tiles');
 const CORPUS = path.join(ROOT, 'data/reports/demo_reports.jsonl');
@@ -406,6 +407,8 @@ try {
       if (DEMO && sc.name === 'webgpu') Object.assign(all[sc.name], await runDeviceLost(sc, port));
       // The committed demo bundle with the default server: on the CPU only (the fastest).
       if (sc.name === 'cpu') Object.assign(all[sc.name], await runRealDemo(sc, SLIDE));
+      // dist/ as a static host serves it (run.sh writes it; E2E_DIST_SITE).
+      if (sc.name === 'cpu' && process.env.E2E_DIST_SITE) Object.assign(all[sc.name], await runDist(sc, SLIDE, all[sc.name].real_demo_open_ms));
     } catch (err) {
       result.failures++;
       log(`  FAIL scenario ${sc.name}: ${err.stack || err}`);

@@ -7,6 +7,7 @@
 # run hardening.mjs: training across a reload, bad tiles and bad models), E2E_OUT (screenshots, timings, exported
 # adapters; default $CARGO_TARGET_DIR/e2e), E2E_SKIP_BUILD=1 (use the existing pkg/, CLI and
 # example), E2E_DEMO=DIR (a demo bundle; default: one built from the test fixtures),
+# E2E_SKIP_DIST=1 (skip dist/ on a plain static server, dist.mjs),
 # CHROMIUM=/usr/bin/chromium.
 # Needs Debian's chromium, node and npm: installed here when missing and running as root with
 # apt-get; otherwise it fails (it never skips silently).
@@ -76,9 +77,24 @@ done
 log "native references on the committed demo bundle (data/demo), classes in the page's order"
 DEMO_CLASSES="$(cd data/demo/tiles && LC_ALL=C ls -d -- */ | sed 's:/$::' | paste -sd, -)"
 echo "$DEMO_CLASSES" > "$REF/real_demo_classes.txt"
-"$CLI" zero-shot --model data/demo/model --images data/demo/tiles --classes "$DEMO_CLASSES" \
+# The tiles the page's Tiles panel shows: tiles.json's `show` list, or every tile without one.
+DEMO_SHOW="$REF/real_demo_show"
+python3 - data/demo "$DEMO_SHOW" <<'PY'
+import json, os, sys
+demo, out = sys.argv[1], sys.argv[2]
+tiles = os.path.join(demo, "tiles")
+try:
+    show = json.load(open(os.path.join(demo, "tiles.json")))["show"]
+except FileNotFoundError:
+    show = {c: sorted(os.listdir(os.path.join(tiles, c))) for c in os.listdir(tiles)}
+for c, names in show.items():
+    os.makedirs(os.path.join(out, c))
+    for n in names:
+        os.symlink(os.path.abspath(os.path.join(tiles, c, n)), os.path.join(out, c, n))
+PY
+"$CLI" zero-shot --model data/demo/model --images "$DEMO_SHOW" --classes "$DEMO_CLASSES" \
   --out "$REF/real_demo.csv" >/dev/null
-"$CLI" retrieve --model data/demo/model --images data/demo/tiles --reports data/demo/reports.jsonl \
+"$CLI" retrieve --model data/demo/model --images "$DEMO_SHOW" --reports data/demo/reports.jsonl \
   --top-k 1 --out "$REF/real_demo_pairs.jsonl" --no-cache 2>/dev/null
 
 log "native reference map (clipit map on the CMU slide, with each tile's report of the demo corpus)"
@@ -101,6 +117,12 @@ if [ -z "${E2E_DEMO:-}" ]; then
   done
 fi
 
+# dist/ as `./build.sh dist` writes it, under a sub-path of a folder a plain static server serves.
+if [ "${E2E_SKIP_DIST:-0}" != 1 ]; then
+  log "dist/ for a static host (scripts/make_dist.py) at $REF/site/course/clipit/"
+  python3 scripts/make_dist.py --no-compress --out "$REF/site/course/clipit" >/dev/null
+  export E2E_DIST_SITE="$REF/site"
+fi
 log "headless Chromium: ${E2E_SCENARIOS:-webgpu,cpu} (screenshots and adapters in $E2E_OUT)"
 E2E_ROOT="$ROOT" E2E_REF="$REF" E2E_OUT="$E2E_OUT" E2E_DEMO="$E2E_DEMO" E2E_ADAPTER_PREDICT="$ADAPTER_PREDICT" \
   CHROMIUM="$CHROMIUM" node tests/e2e/e2e.mjs
