@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Checks that the demo model written by `clipit pretrain` (data/demo/model) is a real open_clip
+"""Checks that the demo model written by `clipit pretrain` (data/crc_demo/model) is a real open_clip
 checkpoint: open_clip loads it through its own hub-folder loader (strict state dict), and its
 image and text embeddings equal clipit's (`clipit embed`) on demo tiles and reports.
 
-    python3 scripts/check_demo_bundle.py [--clipit PATH] [--model data/demo/model]
+    python3 scripts/check_demo_bundle.py [--clipit PATH] [--model data/crc_demo/model]
 
 Needs torch and open_clip_torch (pip install torch open_clip_torch).
 """

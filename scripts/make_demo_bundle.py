@@ -14,7 +14,8 @@ What it does, in order:
      matrix, written to heldout.json and printed;
   4. the page's sample tiles (tiles/<class>/): validation tiles only, never trained on by the
      model, in two disjoint sets listed in tiles.json: `show` (the Tiles panel's first view) and
-     `train` (the Train panel's CLIP-IT demo, which splits off its own stratified validation set);
+     `train` (the Train panel's CLIP-IT demo, which splits off its own stratified validation set;
+     also as the manifest train.csv for `clipit train`);
   5. ATTRIBUTION.md.
 
 Needs Pillow and a built clipit CLI (`./build.sh cli`). PCam is CC0 (Veeling et al. 2018).
@@ -178,6 +179,13 @@ def sample_tiles(pcam, out, per_class_show, per_class_train, seed):
         listing["train"][c] = sorted(chosen[per_class_show:])
     with open(os.path.join(out, "tiles.json"), "w") as f:
         json.dump(listing, f, indent=1)
+    # The Train panel's tiles as a manifest, in the page's order, so that `clipit train --data
+    # data/demo/train.csv` splits them as the page does.
+    with open(os.path.join(out, "train.csv"), "w") as f:
+        f.write("path,label\n")
+        for c in CLASSES:
+            for name in listing["train"][c]:
+                f.write(f"tiles/{c}/{name},{c}\n")
     return listing
 
 

@@ -19,9 +19,9 @@ fn args(out: &Path, resume: bool) -> Vec<String> {
         "--teacher",
         "tests/fixtures/open_clip",
         "--reports",
-        "data/demo/reports.jsonl",
+        "data/crc_demo/reports.jsonl",
         "--data",
-        "data/demo/tiles",
+        "data/crc_demo/tiles",
         "--out",
         out.to_str().unwrap(),
         "--epochs",
@@ -95,7 +95,13 @@ fn sigkill_then_resume_finishes_without_corrupt_files() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
         assert!(!name.contains(".tmp"), "temporary file {name} left in the run folder");
     }
-    let eval =
-        clipit(&["eval", "--run", run.to_str().unwrap(), "--data", "data/demo/tiles", "--json"]);
+    let eval = clipit(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        "data/crc_demo/tiles",
+        "--json",
+    ]);
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
 }

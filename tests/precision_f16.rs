@@ -89,7 +89,7 @@ fn run(
 }
 
 fn check(name: &str, dir: &Path, f16: &Device) {
-    let tiles = root().join("data/demo/tiles");
+    let tiles = root().join("data/crc_demo/tiles");
     let mut classes: Vec<String> = std::fs::read_dir(&tiles)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -127,7 +127,7 @@ fn check(name: &str, dir: &Path, f16: &Device) {
 #[test]
 fn f16_weights_on_wgpu_match_f32() {
     let Some(f16) = f16_device() else { return };
-    check("demo model", &root().join("data/demo/model"), &f16);
+    check("demo model", &root().join("data/crc_demo/model"), &f16);
     check("open_clip fixture", &root().join("tests/fixtures/open_clip"), &f16);
 }
 

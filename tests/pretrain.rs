@@ -11,7 +11,7 @@ use common::{clipit, root};
 fn tiles(dir: &Path, per_class: usize) -> String {
     let data = dir.join("tiles");
     for class in ["adipose", "lymphocytes", "tumor"] {
-        let src = root().join("data/demo/tiles").join(class);
+        let src = root().join("data/crc_demo/tiles").join(class);
         std::fs::create_dir_all(data.join(class)).unwrap();
         let mut files: Vec<_> =
             std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
@@ -52,7 +52,7 @@ fn pretrain_learns_and_writes_a_loadable_open_clip_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tiles(tmp.path(), 8);
     let out = tmp.path().join("model");
-    let run = pretrain(&data, "data/demo/reports.jsonl", &out);
+    let run = pretrain(&data, "data/crc_demo/reports.jsonl", &out);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     let (first, last) = (

@@ -197,13 +197,13 @@ fn clipit_train_on_two_cpu_devices_finishes_and_evaluates() {
         "--method",
         "clipit",
         "--backbone",
-        "data/demo/model",
+        "data/crc_demo/model",
         "--teacher",
-        "data/demo/model",
+        "data/crc_demo/model",
         "--reports",
-        "data/demo/reports.jsonl",
+        "data/crc_demo/reports.jsonl",
         "--data",
-        "data/demo/tiles",
+        "data/crc_demo/tiles",
         "--out",
         run.to_str().unwrap(),
         "--batch-size",
@@ -221,8 +221,14 @@ fn clipit_train_on_two_cpu_devices_finishes_and_evaluates() {
     let steps = metrics.lines().filter(|l| l.contains("\"grad_norm\"")).count();
     assert_eq!(steps, 3, "metrics.jsonl: {metrics}");
     assert!(run.join("report.json").exists() && run.join("best.bpk").exists());
-    let eval =
-        clipit(&["eval", "--run", run.to_str().unwrap(), "--data", "data/demo/tiles", "--json"]);
+    let eval = clipit(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        "data/crc_demo/tiles",
+        "--json",
+    ]);
     assert!(eval.status.success(), "eval failed: {}", stderr(&eval));
     let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     let acc = report["balanced_accuracy"].as_f64().unwrap();
@@ -238,9 +244,9 @@ fn a_bad_device_list_fails_cleanly_before_loading() {
         "--method",
         "linear-probe",
         "--backbone",
-        "data/demo/model",
+        "data/crc_demo/model",
         "--data",
-        "data/demo/tiles",
+        "data/crc_demo/tiles",
         "--out",
         run.to_str().unwrap(),
         "--devices",

@@ -16,10 +16,12 @@ from it (the other server must also send CORS headers). A Content-Security-Polic
 cannot be widened by the page at run time, so this is the one switch. The page is served
 cross-origin isolated (COOP `same-origin`, COEP `require-corp`): the multithreaded CPU engine
 (pkg/mt/, wasm threads) needs it; a model fetched from another origin then needs that server's
-CORS headers, as it already did. Port 0 picks a free port;
+CORS headers, as it already did. Text, wasm and weights go gzip-compressed to browsers that accept
+it (a `.br` or `.gz` copy beside a file is sent instead when there is one). Port 0 picks a free port;
 the first line on stdout says which.
 """
 import argparse
+import gzip
 import http.server
 import json
 import os
@@ -104,6 +106,33 @@ def demo_index(demo):
     return json.dumps(index).encode()
 
 
+# Types worth compressing (images and f16 weights barely shrink); files under 1 kB are sent as they are.
+COMPRESSIBLE = (".html", ".js", ".mjs", ".css", ".wasm", ".json", ".svg", ".jsonl", ".txt", ".safetensors")
+_gzipped = {}  # (path, mtime, size) -> gzip bytes, made once per file version
+
+
+def encoded_body(full, accept_encoding):
+    """The file's bytes and Content-Encoding for a client that accepts `accept_encoding`: a
+    precompressed `.br` or `.gz` beside the file (as ./build.sh dist writes them) when it is not
+    older than the file, else gzip made here once per file version, else the plain bytes."""
+    accepted = {e.split(";")[0].strip() for e in (accept_encoding or "").split(",")}
+    st = os.stat(full)
+    for enc, ext in (("br", ".br"), ("gzip", ".gz")):
+        pre = full + ext
+        if enc in accepted and os.path.isfile(pre) and os.stat(pre).st_mtime >= st.st_mtime:
+            with open(pre, "rb") as f:
+                return f.read(), enc
+    with open(full, "rb") as f:
+        body = f.read()
+    if "gzip" in accepted and full.endswith(COMPRESSIBLE) and len(body) >= 1024:
+        key = (full, st.st_mtime_ns, st.st_size)
+        if key not in _gzipped:
+            _gzipped[key] = gzip.compress(body, compresslevel=6, mtime=0)
+        if len(_gzipped[key]) < len(body):
+            return _gzipped[key], "gzip"
+    return body, None
+
+
 def make_handler(www, pkg, demo, csp=CSP):
     class Handler(http.server.BaseHTTPRequestHandler):
         def version_string(self):
@@ -132,10 +161,13 @@ def make_handler(www, pkg, demo, csp=CSP):
                 return None, None
             return full, MIME[ext]
 
-        def send_common(self, status, ctype, length):
+        def send_common(self, status, ctype, length, encoding=None):
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(length))
+            if encoding:
+                self.send_header("Content-Encoding", encoding)
+            self.send_header("Vary", "Accept-Encoding")
             self.send_header("Content-Security-Policy", csp)
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Referrer-Policy", "no-referrer")
@@ -161,9 +193,8 @@ def make_handler(www, pkg, demo, csp=CSP):
                 if not head:
                     self.wfile.write(body)
                 return
-            with open(full, "rb") as f:
-                body = f.read()
-            self.send_common(200, ctype, len(body))
+            body, encoding = encoded_body(full, self.headers.get("Accept-Encoding"))
+            self.send_common(200, ctype, len(body), encoding)
             if not head:
                 self.wfile.write(body)
 

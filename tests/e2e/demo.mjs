@@ -119,7 +119,7 @@ export async function runRealDemo(sc, slide) {
   if (!check(fs.existsSync(path.join(BUNDLE, 'model')), 'data/demo/model exists')) return {};
   const host = await modelHost();
   const { proc, port } = await startServer(['--allow-origin', `http://127.0.0.1:${host.port}`]);
-  const { page, origin, close, requests } = await openBrowser(sc, port, { width: 1280, height: 800 }, { allow: [`http://127.0.0.1:${host.port}`, `http://localhost:${host.port}`] });
+  const { page, origin, close, requests, transferred } = await openBrowser(sc, port, { width: 1280, height: 800 }, { allow: [`http://127.0.0.1:${host.port}`, `http://localhost:${host.port}`] });
   const timings = {};
   const shot = (name) => path.join(OUT, `clipit-demo-${name}.png`);
   try {
@@ -127,6 +127,10 @@ export async function runRealDemo(sc, slide) {
     await page.goto(`${origin}/`);
     await demoLoaded(page, 'the real demo bundle loads on open and classifies its tiles');
     timings.real_demo_open_ms = Date.now() - t0;
+    timings.real_demo_first_view_bytes = transferred.bytes;
+    log(`  demo's first view: ${timings.real_demo_open_ms} ms, ${(transferred.bytes / 1e6).toFixed(2)} MB transferred (${requests.length} requests)`);
+    const mainEngine = requests.filter((u) => /\/pkg\/clipit_bg\.wasm$/.test(u)).length;
+    if (sc.name === 'cpu') check(mainEngine === 0, 'the CPU engine\'s first view fetches only the engine it runs (not the WebGPU build)');
     const classes = fs.readFileSync(path.join(REF, 'real_demo_classes.txt'), 'utf8').trim().split(',');
     const nTiles = classes.reduce((n, c) => n + fs.readdirSync(path.join(REF, 'real_demo_show', c)).length, 0);
     const st = await page.evaluate(() => ({ model: window.clipitApp.model, classes: window.clipitApp.classes, tiles: window.clipitApp.tiles.length, corpus: window.clipitApp.corpus && window.clipitApp.corpus.name }));
@@ -152,7 +156,8 @@ export async function runRealDemo(sc, slide) {
     await page.click('#detail-close');
 
     // A short training: the chart and the confusion matrix.
-    for (const [id, v] of Object.entries({ '#hp-epochs': 2, '#hp-val-every': 2 })) await page.fill(id, String(v));
+    // The page's default settings (5 epochs, batch 16), as run.sh's native reference run.
+    await page.fill('#hp-val-every', '15');
     const t1 = Date.now();
     await page.click('#train-start');
     await page.waitForFunction(() => ['done', 'idle'].includes(window.clipitApp.train.state) && !window.clipitApp.train.looping && window.clipitApp.train.stepsDone > 0, null, { timeout: STEP_TIMEOUT });
@@ -165,6 +170,20 @@ export async function runRealDemo(sc, slide) {
     check(tr.base && tr.base.zero_shot && inUnit(tr.base.zero_shot.balanced_accuracy) && inUnit(tr.base.linear_probe.balanced_accuracy), `the Train panel measures zero-shot (${tr.base && tr.base.zero_shot && tr.base.zero_shot.balanced_accuracy.toFixed(3)}) and a linear probe (${tr.base && tr.base.linear_probe.balanced_accuracy.toFixed(3)}) on its ${tr.val} validation tiles`);
     const said = await page.textContent('#train-baselines');
     check(tr.report && said.includes(`zero-shot ${tr.base.zero_shot.balanced_accuracy.toFixed(3)}`) && said.includes(`CLIP-IT ${tr.report.balanced_accuracy.toFixed(3)}`), `it shows them beside CLIP-IT's: ${said}`);
+    // The same run natively (run.sh: clipit train --baselines on data/demo/train.csv): the same
+    // split, so the same baselines (two tiles of slack for float differences), and CLIP-IT within noise.
+    const nativeRun = path.join(REF, 'real_demo_run');
+    if (fs.existsSync(path.join(nativeRun, 'baselines.json')) && tr.base && tr.report) {
+      const nb = JSON.parse(fs.readFileSync(path.join(nativeRun, 'baselines.json'), 'utf8'));
+      const nr = JSON.parse(fs.readFileSync(path.join(REF, 'real_demo_train.json'), 'utf8'));
+      const slack = 2 / tr.val + 1e-9;
+      const zs = Math.abs(nb.zero_shot.balanced_accuracy - tr.base.zero_shot.balanced_accuracy);
+      const lp = Math.abs(nb.linear_probe.balanced_accuracy - tr.base.linear_probe.balanced_accuracy);
+      check(nr.n_samples === tr.val && zs <= slack && lp <= slack, `the baselines match clipit train --baselines on ${nr.n_samples} validation tiles (zero-shot ${nb.zero_shot.balanced_accuracy.toFixed(3)}, probe ${nb.linear_probe.balanced_accuracy.toFixed(3)})`);
+      const d = Math.abs(nr.balanced_accuracy - tr.report.balanced_accuracy);
+      check(d <= 0.1, `CLIP-IT in the page (${tr.report.balanced_accuracy.toFixed(3)}) is within noise of clipit train's (${nr.balanced_accuracy.toFixed(3)})`);
+      timings.real_demo_native = { zero_shot: nb.zero_shot.balanced_accuracy, linear_probe: nb.linear_probe.balanced_accuracy, clipit: nr.balanced_accuracy };
+    }
     timings.real_demo_baselines = { zero_shot: tr.base && tr.base.zero_shot, linear_probe: tr.base && tr.base.linear_probe, clipit: tr.report && tr.report.balanced_accuracy };
     await page.waitForFunction(() => window.clipitApp.how.state === 'done', null, { timeout: STEP_TIMEOUT });
     check(/step \d+ of \d+/.test(await page.textContent('#how-step-distill')) && /trained image encoder/.test(await page.textContent('#how-step-infer')), 'the pipeline shows the training and the vision-only inference');

@@ -21,7 +21,7 @@ CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 source tests/e2e/full_size_setup.sh
 full_size_setup
 mkdir -p "$OUT"
-TILES=(data/demo/tiles/*/*) # sorted by the glob
+TILES=(data/crc_demo/tiles/*/*) # sorted by the glob
 TILE="$ROOT/${TILES[0]}"
 TEXT="an H&E image of tumor."
 REF="$(mktemp -d)"

@@ -196,6 +196,14 @@ export async function openBrowser(sc, port, viewport = { width: 1280, height: 90
   const origin = `http://127.0.0.1:${port}`;
   const requests = [];
   context.on('request', (r) => requests.push(r.url()));
+  // Bytes over the wire (bodies as sent, compressed where the server compressed them, and headers).
+  const transferred = { bytes: 0 };
+  context.on('requestfinished', (r) =>
+    r.sizes().then(
+      (s) => (transferred.bytes += s.responseBodySize + s.responseHeadersSize),
+      () => {},
+    ),
+  );
   const page = context.pages()[0] || (await context.newPage());
   page.on('console', (m) => (m.type() === 'error' || process.env.E2E_VERBOSE) && log(`  [console.${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => log(`  [pageerror] ${e.message}`));
@@ -206,7 +214,7 @@ export async function openBrowser(sc, port, viewport = { width: 1280, height: 90
     check(requests.some((u) => u.endsWith('/clipit_bg.wasm')), `the worker's requests are recorded too (${requests.length} requests)`);
     check(foreign.length === 0, `no request leaves 127.0.0.1${allow.length ? ` except to ${allow.join(', ')}` : ''}${foreign.length ? `: ${foreign.join(', ')}` : ''}`);
   };
-  return { page, origin, close, requests };
+  return { page, origin, close, requests, transferred };
 }
 
 /** Drops files ({name, bytes}) on a drop zone, as a user would (a synthetic drop carries no folders). */

@@ -97,6 +97,12 @@ PY
 "$CLI" retrieve --model data/demo/model --images "$DEMO_SHOW" --reports data/demo/reports.jsonl \
   --top-k 1 --out "$REF/real_demo_pairs.jsonl" --no-cache 2>/dev/null
 
+if [ -f data/demo/train.csv ]; then
+  log "native reference run of the Train panel's demo (clipit train --baselines on data/demo/train.csv, the page's settings)"
+  "$CLI" train --method clipit --backbone data/demo/model --teacher data/demo/model --reports data/demo/reports.jsonl \
+    --data data/demo/train.csv --out "$REF/real_demo_run" --epochs 5 --batch-size 16 --no-augment --seed 0 \
+    --baselines > "$REF/real_demo_train.json" 2>/dev/null
+fi
 log "native reference map (clipit map on the CMU slide, with each tile's report of the demo corpus)"
 "$CLI" map --model tests/fixtures/open_clip --classes "$CLASSES" --templates "$REF/templates.txt" \
   --slide tests/data/slides/cmu_small_region.svs --tile-size 224 --reports data/reports/demo_reports.jsonl \
