@@ -27,173 +27,102 @@ extern "C" {
     fn clock_gettime(clk: i32, ts: *mut libc_timespec) -> i32;
 }
 
+/// `C[m × n]` (row stride `ldc`) = `A[m × k]` (row-major, row stride `lda`) × `B` (strides `rsb`,
+/// `csb`) through gemm.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    c: *mut f32,
+    ldc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    (rsb, csb): (isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        false,
+        a,
+        1,
+        lda as isize,
+        b,
+        csb,
+        rsb,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+/// The same product through matrixmultiply.
+unsafe fn mm_f32(
+    (m, n, k): (usize, usize, usize),
+    c: *mut f32,
+    ldc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    (rsb, csb): (isize, isize),
+) {
+    matrixmultiply::sgemm(m, k, n, 1.0, a, lda as isize, 1, b, rsb, csb, 0.0, c, ldc as isize, 1);
+}
+
+/// Runs `f(start, size)` on the rayon pool for each of at most `parts` bands of `0..len`, each a
+/// multiple of `align` long (the last one shorter).
+fn bands(len: usize, parts: usize, align: usize, f: impl Fn(usize, usize) + Sync) {
+    let per = len.div_ceil(parts.max(1)).div_ceil(align) * align;
+    rayon::scope(|s| {
+        for start in (0..len).step_by(per) {
+            let f = &f;
+            s.spawn(move |_| f(start, per.min(len - start)));
+        }
+    });
+}
+
+/// One product through `route`; `a` is `m × k` row-major, `b` is `k × n` row-major (or `n × k`
+/// row-major when `bt`: a column-major view of `k × n`).
 fn run(
     route: &str,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     a: &[f32],
     b: &[f32],
     c: &mut [f32],
     bt: bool,
     threads: usize,
 ) {
-    // a: m x k row-major; b: k x n row-major (or n x k row-major when bt: col-major k x n view)
-    let (rsb, csb) = if bt { (1isize, k as isize) } else { (n as isize, 1isize) };
+    let strides = if bt { (1isize, k as isize) } else { (n as isize, 1isize) };
+    let csb = strides.1;
+    // Addresses, so that the bands' closures can share them across threads.
+    let (a, b, c) = (a.as_ptr() as usize, b.as_ptr() as usize, c.as_mut_ptr() as usize);
+    let (ap, bp, cp) = (
+        |i: usize| (a as *const f32).wrapping_add(i),
+        |j: isize| (b as *const f32).wrapping_offset(j),
+        |i: usize| (c as *mut f32).wrapping_add(i),
+    );
+    let par = |t: usize| if t > 1 { gemm::Parallelism::Rayon(t) } else { gemm::Parallelism::None };
     match route {
-        "gemm" => unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                k as isize,
-                b.as_ptr(),
-                csb,
-                rsb,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                },
-            );
-        },
-        "split" => {
-            // gemm single-threaded per part; split the larger of m and n once
-            let cp = c.as_mut_ptr() as usize;
-            let parts = threads.max(1);
-            rayon::scope(|s| {
-                for t in 0..parts {
-                    if m >= n {
-                        let per = ((m + parts - 1) / parts + 7) / 8 * 8;
-                        let i0 = t * per;
-                        if i0 >= m {
-                            continue;
-                        }
-                        let mm = per.min(m - i0);
-                        s.spawn(move |_| unsafe {
-                            let c = cp as *mut f32;
-                            gemm::gemm(
-                                mm,
-                                n,
-                                k,
-                                c.add(i0 * n),
-                                1,
-                                n as isize,
-                                false,
-                                a.as_ptr().add(i0 * k),
-                                1,
-                                k as isize,
-                                b.as_ptr(),
-                                csb,
-                                rsb,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        });
-                    } else {
-                        let per = ((n + parts - 1) / parts + 15) / 16 * 16;
-                        let j0 = t * per;
-                        if j0 >= n {
-                            continue;
-                        }
-                        let nn = per.min(n - j0);
-                        s.spawn(move |_| unsafe {
-                            let c = cp as *mut f32;
-                            gemm::gemm(
-                                m,
-                                nn,
-                                k,
-                                c.add(j0),
-                                1,
-                                n as isize,
-                                false,
-                                a.as_ptr(),
-                                1,
-                                k as isize,
-                                b.as_ptr().offset(j0 as isize * csb),
-                                csb,
-                                rsb,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        });
-                    }
-                }
-            });
-        }
-        "mm" => {
-            if threads <= 1 {
-                unsafe {
-                    matrixmultiply::sgemm(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        a.as_ptr(),
-                        k as isize,
-                        1,
-                        b.as_ptr(),
-                        rsb,
-                        csb,
-                        0.0,
-                        c.as_mut_ptr(),
-                        n as isize,
-                        1,
-                    )
-                };
-            } else {
-                // split n in `threads` column blocks (multiple of 16)
-                let per = ((n + threads - 1) / threads + 15) / 16 * 16;
-                let cp = c.as_mut_ptr() as usize;
-                rayon::scope(|s| {
-                    for t in 0..threads {
-                        let j0 = t * per;
-                        if j0 >= n {
-                            continue;
-                        }
-                        let nn = per.min(n - j0);
-                        s.spawn(move |_| unsafe {
-                            let c = cp as *mut f32;
-                            matrixmultiply::sgemm(
-                                m,
-                                k,
-                                nn,
-                                1.0,
-                                a.as_ptr(),
-                                k as isize,
-                                1,
-                                b.as_ptr().offset(j0 as isize * csb),
-                                rsb,
-                                csb,
-                                0.0,
-                                c.add(j0),
-                                n as isize,
-                                1,
-                            )
-                        });
-                    }
-                });
-            }
-        }
+        "gemm" => unsafe { gemm_f32((m, n, k), cp(0), n, ap(0), k, bp(0), strides, par(threads)) },
+        // gemm single-threaded per band; the larger of m and n split once.
+        "split" if m >= n => bands(m, threads, 8, |i0, mm| unsafe {
+            gemm_f32((mm, n, k), cp(i0 * n), n, ap(i0 * k), k, bp(0), strides, par(1))
+        }),
+        "split" => bands(n, threads, 16, |j0, nn| unsafe {
+            gemm_f32((m, nn, k), cp(j0), n, ap(0), k, bp(j0 as isize * csb), strides, par(1))
+        }),
+        "mm" if threads <= 1 => unsafe { mm_f32((m, n, k), cp(0), n, ap(0), k, bp(0), strides) },
+        // matrixmultiply in column bands (multiples of 16).
+        "mm" => bands(n, threads, 16, |j0, nn| unsafe {
+            mm_f32((m, nn, k), cp(j0), n, ap(0), k, bp(j0 as isize * csb), strides)
+        }),
         _ => unreachable!(),
     }
 }
@@ -237,10 +166,10 @@ fn main() {
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.01).collect();
         let mut c1 = vec![0f32; m * n];
         let mut c2 = vec![0f32; m * n];
-        run("gemm", m, k, n, &a, &b, &mut c1, bt, threads);
-        run("mm", m, k, n, &a, &b, &mut c2, bt, threads);
+        run("gemm", (m, k, n), &a, &b, &mut c1, bt, threads);
+        run("mm", (m, k, n), &a, &b, &mut c2, bt, threads);
         let mut c3 = vec![0f32; m * n];
-        run("split", m, k, n, &a, &b, &mut c3, bt, threads);
+        run("split", (m, k, n), &a, &b, &mut c3, bt, threads);
         let maxd3 = c1.iter().zip(&c3).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(maxd3 < 1e-4, "split differs {maxd3}");
         let maxd = c1.iter().zip(&c2).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
@@ -251,7 +180,7 @@ fn main() {
             let reps = ((1e10 / flops) as usize).clamp(3, 2000);
             let (w0, c0) = (Instant::now(), cpu_time());
             for _ in 0..reps {
-                run(route, m, k, n, &a, &b, &mut c1, bt, threads);
+                run(route, (m, k, n), &a, &b, &mut c1, bt, threads);
             }
             let (w, c) = (w0.elapsed().as_secs_f64(), cpu_time() - c0);
             line += &format!(
