@@ -108,7 +108,7 @@ def demo_index(demo):
 
 # Types worth compressing (images and f16 weights barely shrink); files under 1 kB are sent as they are.
 COMPRESSIBLE = (".html", ".js", ".mjs", ".css", ".wasm", ".json", ".svg", ".jsonl", ".txt", ".safetensors")
-_gzipped = {}  # (path, mtime, size) -> gzip bytes, made once per file version
+_gzipped = {}  # path -> ((mtime, size), gzip bytes): made once per file version, the last kept
 
 
 def encoded_body(full, accept_encoding):
@@ -125,11 +125,12 @@ def encoded_body(full, accept_encoding):
     with open(full, "rb") as f:
         body = f.read()
     if "gzip" in accepted and full.endswith(COMPRESSIBLE) and len(body) >= 1024:
-        key = (full, st.st_mtime_ns, st.st_size)
-        if key not in _gzipped:
-            _gzipped[key] = gzip.compress(body, compresslevel=6, mtime=0)
-        if len(_gzipped[key]) < len(body):
-            return _gzipped[key], "gzip"
+        version = (st.st_mtime_ns, st.st_size)
+        cached = _gzipped.get(full)
+        if cached is None or cached[0] != version:
+            cached = _gzipped[full] = (version, gzip.compress(body, compresslevel=6, mtime=0))
+        if len(cached[1]) < len(body):
+            return cached[1], "gzip"
     return body, None
 
 

@@ -47,6 +47,12 @@ fn row(m: &[f32], dim: usize, i: usize) -> &[f32] {
     &m[i * dim..(i + 1) * dim]
 }
 
+/// `x` scaled to unit length.
+fn unit(x: &[f32]) -> Vec<f32> {
+    let norm = dot(x, x).sqrt().max(1e-12);
+    x.iter().map(|v| v / norm).collect()
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -97,9 +103,14 @@ const PROBE_L2: f32 = 1e-3;
 impl LinearProbe {
     /// The features of sample `i`: unit length, then standardised with the training statistics.
     fn features(&self, embeds: &[f32], i: usize) -> Vec<f32> {
-        let x = row(embeds, self.dim, i);
-        let norm = dot(x, x).sqrt().max(1e-12);
-        x.iter().zip(&self.mean).zip(&self.inv_std).map(|((v, m), s)| (v / norm - m) * s).collect()
+        self.standardise(unit(row(embeds, self.dim, i)))
+    }
+
+    fn standardise(&self, mut x: Vec<f32>) -> Vec<f32> {
+        for ((v, m), s) in x.iter_mut().zip(&self.mean).zip(&self.inv_std) {
+            *v = (*v - m) * s;
+        }
+        x
     }
 
     fn logits(&self, f: &[f32]) -> Vec<f32> {
@@ -133,15 +144,15 @@ impl LinearProbe {
             weights: vec![0.0; n_classes * dim],
             bias: vec![0.0; n_classes],
         };
-        let unit: Vec<Vec<f32>> = train.iter().map(|&i| probe.features(embeds, i)).collect();
+        let units: Vec<Vec<f32>> = train.iter().map(|&i| unit(row(embeds, dim, i))).collect();
         let n = train.len() as f32;
         for j in 0..dim {
-            let mean = unit.iter().map(|f| f[j]).sum::<f32>() / n;
-            let var = unit.iter().map(|f| (f[j] - mean).powi(2)).sum::<f32>() / n;
+            let mean = units.iter().map(|f| f[j]).sum::<f32>() / n;
+            let var = units.iter().map(|f| (f[j] - mean).powi(2)).sum::<f32>() / n;
             probe.mean[j] = mean;
             probe.inv_std[j] = 1.0 / var.sqrt().max(1e-6);
         }
-        let feats: Vec<Vec<f32>> = train.iter().map(|&i| probe.features(embeds, i)).collect();
+        let feats: Vec<Vec<f32>> = units.into_iter().map(|u| probe.standardise(u)).collect();
         for _ in 0..PROBE_STEPS {
             let mut grad_w = vec![0.0f32; n_classes * dim];
             let mut grad_b = vec![0.0f32; n_classes];

@@ -59,6 +59,18 @@ impl Default for TrainOptions {
     }
 }
 
+impl TrainOptions {
+    /// The learning rate at `step` (from 0): `lr`, or with `cosine` annealed from `lr` at step 0
+    /// to 1e-4 at step `cosine_steps`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if self.cosine {
+            cosine_lr(self.lr, 1e-4, step, self.cosine_steps)
+        } else {
+            self.lr
+        }
+    }
+}
+
 /// One logged training step.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepLog {
@@ -197,11 +209,7 @@ impl<M: Module> Trainer<M> {
 
     /// The learning rate for the next step.
     pub fn current_lr(&self) -> f64 {
-        if self.opts.cosine {
-            cosine_lr(self.opts.lr, 1e-4, self.step, self.opts.cosine_steps)
-        } else {
-            self.opts.lr
-        }
+        self.opts.lr_at(self.step)
     }
 
     /// One optimisation step. A non-finite loss stops training with an error naming the step,
@@ -288,5 +296,22 @@ impl PendingStep {
             .map(|n| n.reshape([1]))
             .unwrap_or_else(|| Tensor::<1>::zeros([1], &values.device()));
         Self { grads, values: Tensor::cat(vec![values, norm_sq], 0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainOptions;
+
+    #[test]
+    fn the_cosine_schedule_spans_cosine_steps() {
+        let opts = TrainOptions { lr: 1e-3, cosine: true, cosine_steps: 100, ..Default::default() };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(opts.lr_at(0), 1e-3));
+        assert!(close(opts.lr_at(50), (1e-3 + 1e-4) / 2.0));
+        assert!(close(opts.lr_at(100), 1e-4));
+        assert!(opts.lr_at(25) > opts.lr_at(75));
+        let flat = TrainOptions { cosine: false, ..opts };
+        assert!(close(flat.lr_at(100), 1e-3));
     }
 }

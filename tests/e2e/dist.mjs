@@ -5,33 +5,19 @@
 //     after one reload, so the multithreaded engine runs;
 //   - the demo loads on open and classifies its sample tiles, trains, maps a slide;
 //   - no request leaves the static server's origin; the first view's time beside serve.py's.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { STEP_TIMEOUT, check, idle, log, openBrowser } from './lib.mjs';
+import { STEP_TIMEOUT, check, idle, log, openBrowser, spawnServer } from './lib.mjs';
 
 const SITE = process.env.E2E_DIST_SITE; // the folder served; the page is at /course/clipit/
 const SUB = '/course/clipit/';
-
-async function staticServer(root) {
-  const proc = spawn('python3', ['-m', 'http.server', '0', '--bind', '127.0.0.1', '--directory', root], { stdio: ['ignore', 'pipe', 'ignore'] });
-  const port = await new Promise((resolve, reject) => {
-    let buf = '';
-    proc.stdout.on('data', (d) => {
-      buf += d;
-      const m = buf.match(/port (\d+)/);
-      if (m) resolve(Number(m[1]));
-    });
-    proc.on('exit', (code) => reject(new Error(`http.server exited (${code})`)));
-  });
-  return { proc, port };
-}
 
 /** dist/ on a plain static server under a sub-path, on scenario `sc` (the CPU one). */
 export async function runDist(sc, slide, serveOpenMs) {
   log(`\n== scenario ${sc.name}: dist/ on a plain static server at ${SUB}`);
   if (!check(Boolean(SITE), 'E2E_DIST_SITE names the folder run.sh wrote dist/ into')) return {};
-  const { proc, port } = await staticServer(SITE);
+  // Its first stdout line names the port; its request log (stderr) is left out.
+  const { proc, port } = await spawnServer(['-m', 'http.server', '0', '--bind', '127.0.0.1', '--directory', SITE], /port (\d+)/, {}, 'ignore');
   const { page, origin, close, requests } = await openBrowser(sc, port, { width: 1280, height: 800 });
   const timings = {};
   try {

@@ -82,12 +82,20 @@ export function cliPairs(file) {
 
 /** Starts www/serve.py on a free port with these extra arguments; resolves to {proc, port}. */
 export async function startServer(args = []) {
-  const proc = spawn('python3', [path.join(ROOT, 'www/serve.py'), '--port', '0', '--root', ROOT, ...args], { env: { ...process.env, CLIPIT_SERVE_QUIET: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
+  return spawnServer([path.join(ROOT, 'www/serve.py'), '--port', '0', '--root', ROOT, ...args], /127\.0\.0\.1:(\d+)/, { CLIPIT_SERVE_QUIET: '1' });
+}
+
+/**
+ * Starts `python3 args…` (unbuffered, so its first line arrives at once) and resolves with it and
+ * the port its stdout names (`portPattern`'s group); `stderr` is 'inherit' or 'ignore'.
+ */
+export async function spawnServer(args, portPattern, env = {}, stderr = 'inherit') {
+  const proc = spawn('python3', args, { env: { ...process.env, PYTHONUNBUFFERED: '1', ...env }, stdio: ['ignore', 'pipe', stderr] });
   const port = await new Promise((resolve, reject) => {
     let buf = '';
     proc.stdout.on('data', (d) => {
       buf += d;
-      const m = buf.match(/127\.0\.0\.1:(\d+)/);
+      const m = buf.match(portPattern);
       if (m) resolve(Number(m[1]));
     });
     proc.on('exit', (code) => reject(new Error(`the server exited (${code})`)));
